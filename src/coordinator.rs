@@ -1,0 +1,275 @@
+//! One coordinator per `[[lock-coordinator]]`: contends for the lock while the local broker is
+//! healthy, opens its gate (binds the gated routes) once it holds the lock, and closes the gate
+//! *before* the lock can go to anyone else.
+//!
+//! The decision is the pure [`plan`]; [`Coordinator::run`] drives it from three events: the
+//! check-period tick, a flip of the broker's health, and shutdown.
+//!
+//! Never two active: the gate opens only after the lock is taken, and every path that gives
+//! the lock up (health, bind failure, shutdown) closes the gate first and awaits it; a loss
+//! detected under us (file replaced, storage hung) fences at once.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::config::CoordinatorConfig;
+use crate::lock::{Lock, LockError};
+use crate::metrics as m;
+use crate::systemd;
+
+/// The routes a lock gates, seen from the coordinator.
+pub trait Gate: Send {
+    /// Binds every gated route in order. On error nothing stays bound; the message says
+    /// which route failed and why, in plain words.
+    fn open(&mut self, term: u64) -> impl Future<Output = Result<(), String>> + Send;
+    /// Closes every listener (reverse order) and resets every connection they carried;
+    /// returns only when none is left. `reason` labels the killed connections.
+    fn close(&mut self, reason: &'static str) -> impl Future<Output = ()> + Send;
+}
+
+/// Why a held lock is given back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// The local broker failed its health check.
+    Health,
+    /// A gated route could not bind; the peer should serve instead.
+    BindFailed,
+    /// lockgate is stopping.
+    Shutdown,
+}
+
+impl Release {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Release::Health => "health",
+            Release::BindFailed => "bind_failed",
+            Release::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// What to do at a wake-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    TryAcquire,
+    /// Confirm we still hold the lock.
+    Check,
+    Release(Release),
+    Wait,
+}
+
+/// The coordinator's decision, from what it knows. `holding_off`: a recent bind failure asks
+/// us to leave the lock to the peer for a while.
+pub fn plan(held: bool, healthy: bool, holding_off: bool) -> Plan {
+    match (held, healthy) {
+        (true, true) => Plan::Check,
+        (true, false) => Plan::Release(Release::Health),
+        (false, true) if !holding_off => Plan::TryAcquire,
+        (false, _) => Plan::Wait,
+    }
+}
+
+/// After a bind failure, how many check-periods to leave the lock to the peer (which tries
+/// once per period, so it gets a turn).
+const BIND_FAILURE_HOLD_OFF_PERIODS: u32 = 2;
+
+pub struct Coordinator<G: Gate> {
+    cfg: CoordinatorConfig,
+    node_id: String,
+    lock: Lock,
+    gate: G,
+    /// `true` while the local broker is up.
+    health: watch::Receiver<bool>,
+    /// The term of the current or last holding; grows on every acquisition.
+    term: u64,
+    held: bool,
+    hold_off_until: Option<Instant>,
+    /// The last acquisition error logged, so a persisting error is logged once.
+    last_error: Option<String>,
+    /// Whether "held elsewhere" was already logged since the last change.
+    said_standby: bool,
+}
+
+impl<G: Gate> Coordinator<G> {
+    pub fn new(
+        cfg: CoordinatorConfig,
+        node_id: String,
+        gate: G,
+        health: watch::Receiver<bool>,
+    ) -> Self {
+        let lock = Lock::new(&cfg);
+        Coordinator {
+            cfg,
+            node_id,
+            lock,
+            gate,
+            health,
+            term: 0,
+            held: false,
+            hold_off_until: None,
+            last_error: None,
+            said_standby: false,
+        }
+    }
+
+    /// Runs until `shutdown`; then closes the gate and releases the lock if held.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let name = self.cfg.name.clone();
+        info!(lock = %name, path = %self.lock.describe(), check_period_ms = self.cfg.check_period.as_millis() as u64, "lock coordinator started");
+        self.publish_standby("starting");
+        let mut health_open = true;
+        let mut next = Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                r = self.health.changed(), if health_open => {
+                    if r.is_err() {
+                        health_open = false;
+                    }
+                }
+                _ = tokio::time::sleep_until(next) => {}
+            }
+            self.step().await;
+            next = Instant::now() + self.cfg.check_period;
+        }
+        if self.held {
+            self.give_up(Release::Shutdown).await;
+        }
+        info!(lock = %name, "lock coordinator stopped");
+    }
+
+    async fn step(&mut self) {
+        let healthy = health_open_value(&mut self.health);
+        let now = Instant::now();
+        let holding_off = self.hold_off_until.is_some_and(|t| now < t);
+        match plan(self.held, healthy, holding_off) {
+            Plan::TryAcquire => self.try_acquire().await,
+            Plan::Check => {
+                if let Err(e) = self.lock.check().await {
+                    self.lost(e).await;
+                }
+            }
+            Plan::Release(why) => self.give_up(why).await,
+            Plan::Wait => {}
+        }
+    }
+
+    async fn try_acquire(&mut self) {
+        let name = self.cfg.name.clone();
+        match self.lock.try_acquire(&self.node_id, self.term).await {
+            Ok(Some(term)) => {
+                self.term = term;
+                self.held = true;
+                self.last_error = None;
+                self.said_standby = false;
+                match self.gate.open(term).await {
+                    Ok(()) => {
+                        info!(lock = %name, term, reason = "acquired", "lock acquired: gated routes are open");
+                        self.record_transition("active", "acquired");
+                        metrics::gauge!(m::LOCK_HELD, "lock" => name.clone()).set(1.0);
+                        metrics::gauge!(m::LOCK_TERM, "lock" => name.clone()).set(term as f64);
+                        systemd::status(&format!("lock {name}: active term {term}"));
+                    }
+                    Err(e) => {
+                        error!(lock = %name, term, error = %e, "cannot open a gated route after acquiring the lock; releasing it so the peer can serve");
+                        self.give_up(Release::BindFailed).await;
+                        self.hold_off_until = Some(
+                            Instant::now() + self.cfg.check_period * BIND_FAILURE_HOLD_OFF_PERIODS,
+                        );
+                    }
+                }
+            }
+            Ok(None) => {
+                self.last_error = None;
+                if !self.said_standby {
+                    info!(lock = %name, "lock is held elsewhere: standing by");
+                    self.said_standby = true;
+                }
+            }
+            Err(e) => {
+                metrics::counter!(m::LOCK_BACKEND_ERRORS, "lock" => name.clone(), "reason" => e.reason()).increment(1);
+                let text = e.to_string();
+                if self.last_error.as_ref() != Some(&text) {
+                    warn!(lock = %name, error = %text, "cannot contend for the lock; retrying every check-period");
+                    self.last_error = Some(text);
+                } else {
+                    debug!(lock = %name, error = %text, "still cannot contend for the lock");
+                }
+            }
+        }
+    }
+
+    /// The lock went away under us: fence at once, then drop what is left of it.
+    async fn lost(&mut self, e: LockError) {
+        let name = self.cfg.name.clone();
+        warn!(lock = %name, term = self.term, reason = e.reason(), error = %e, "lock lost: fencing gated routes");
+        self.gate.close("lock_lost").await;
+        self.lock.release().await;
+        self.held = false;
+        self.record_transition("standby", e.reason());
+        self.publish_standby(&format!("lost: {}", e.reason()));
+    }
+
+    /// Gives the lock back: gate closed first, then the lock.
+    async fn give_up(&mut self, why: Release) {
+        let name = self.cfg.name.clone();
+        self.gate.close(why.reason()).await;
+        self.lock.release().await;
+        self.held = false;
+        info!(lock = %name, term = self.term, reason = why.reason(), "lock released");
+        self.record_transition("standby", why.reason());
+        self.publish_standby(&format!("released: {}", why.reason()));
+    }
+
+    fn record_transition(&self, to: &'static str, reason: &'static str) {
+        metrics::counter!(m::LOCK_TRANSITIONS, "lock" => self.cfg.name.clone(), "to" => to, "reason" => reason)
+            .increment(1);
+    }
+
+    fn publish_standby(&self, why: &str) {
+        metrics::gauge!(m::LOCK_HELD, "lock" => self.cfg.name.clone()).set(0.0);
+        systemd::status(&format!("lock {}: standby ({why})", self.cfg.name));
+    }
+
+    /// How long a standby may wait before it tries again.
+    pub fn check_period(&self) -> Duration {
+        self.cfg.check_period
+    }
+}
+
+fn health_open_value(rx: &mut watch::Receiver<bool>) -> bool {
+    *rx.borrow_and_update()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_table() {
+        // held, healthy, holding_off => plan
+        let table = [
+            (false, false, false, Plan::Wait),
+            (false, false, true, Plan::Wait),
+            (false, true, false, Plan::TryAcquire),
+            (false, true, true, Plan::Wait),
+            (true, true, false, Plan::Check),
+            (true, true, true, Plan::Check),
+            (true, false, false, Plan::Release(Release::Health)),
+            (true, false, true, Plan::Release(Release::Health)),
+        ];
+        for (held, healthy, off, want) in table {
+            assert_eq!(
+                plan(held, healthy, off),
+                want,
+                "held={held} healthy={healthy} off={off}"
+            );
+        }
+    }
+}

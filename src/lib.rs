@@ -1,0 +1,28 @@
+//! lockgate: a lock-gated L4 proxy that gives any unmodified broker Artemis's lock coordinator.
+//!
+//! Crate map (dependencies run one way; only `app` knows everyone):
+//! - [`config`]: raw TOML → validated [`config::Config`], errors with file, line and key.
+//! - [`lock`]: lock backends behind one enum ([`lock::file`]: `flock` in a shared folder).
+//! - [`health`]: the local broker's probe, with rise/fall.
+//! - [`coordinator`]: contends while healthy; opens its [`coordinator::Gate`] only while it
+//!   holds the lock and closes it before the lock can go elsewhere.
+//! - [`route`]: listeners; gated routes implement the `Gate`, open routes are always bound.
+//! - [`forward`]: the data path, with half-close both ways; knows nothing of locks.
+//! - [`metrics`]: every metric name in one place. [`systemd`]: READY/STATUS/STOPPING.
+//! - [`status`]: who holds each lock, for `lockgate status`.
+//! - [`app`]: wiring and ordered shutdown.
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod app;
+pub mod config;
+pub mod coordinator;
+pub mod forward;
+pub mod health;
+pub mod lock;
+pub mod metrics;
+pub mod route;
+pub mod status;
+pub mod systemd;
+
+pub use app::run;

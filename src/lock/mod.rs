@@ -1,0 +1,155 @@
+//! Lock backends behind one enum, chosen once by a match on the configured type.
+//!
+//! A backend answers three questions for its coordinator: may I take the lock now
+//! ([`Lock::try_acquire`]), do I still hold it ([`Lock::check`]), and let it go
+//! ([`Lock::release`]). None of them may hang: each bounds its own I/O.
+
+pub mod file;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{BackendConfig, CoordinatorConfig};
+
+/// Who holds a lock, written by the holder right after acquiring, read by `lockgate status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct OwnerRecord {
+    pub node_id: String,
+    pub host: String,
+    pub pid: u32,
+    pub term: u64,
+    /// Milliseconds since the Unix epoch.
+    pub acquired_at_unix_ms: u64,
+}
+
+impl OwnerRecord {
+    pub fn new(node_id: &str, term: u64) -> OwnerRecord {
+        OwnerRecord {
+            node_id: node_id.to_owned(),
+            host: crate::config::hostname().unwrap_or_default(),
+            pid: std::process::id(),
+            term,
+            acquired_at_unix_ms: unix_ms_now(),
+        }
+    }
+
+    pub fn to_text(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+
+    pub fn from_text(text: &str) -> Option<OwnerRecord> {
+        toml::from_str(text).ok()
+    }
+}
+
+pub fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What went wrong with a lock. `reason()` is the metric label and the log's short word.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("the locks folder {0} is missing")]
+    FolderMissing(String),
+    #[error("lock file {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("lock file {path}: {op} did not finish within {ms} ms (storage hung?)")]
+    Timeout {
+        path: String,
+        op: &'static str,
+        ms: u128,
+    },
+    #[error("lock file {0} was replaced by another file (inode changed)")]
+    Replaced(String),
+    #[error("lock file {0} was removed")]
+    Removed(String),
+}
+
+impl LockError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            LockError::FolderMissing(_) => "folder_missing",
+            LockError::Io { .. } => "io_error",
+            LockError::Timeout { .. } => "io_timeout",
+            LockError::Replaced(_) => "inode_changed",
+            LockError::Removed(_) => "removed",
+        }
+    }
+}
+
+/// The configured backend.
+pub enum Lock {
+    File(file::FileLock),
+}
+
+impl Lock {
+    pub fn new(cfg: &CoordinatorConfig) -> Lock {
+        match &cfg.backend {
+            BackendConfig::File { locks_folder } => Lock::File(file::FileLock::new(
+                locks_folder,
+                &cfg.lock_id,
+                cfg.io_timeout(),
+            )),
+        }
+    }
+
+    /// Takes the lock if it is free and writes our owner record. Returns the new term, greater
+    /// than `last_term` and than the term of the previous holder's record; `Ok(None)`: the lock
+    /// is held elsewhere.
+    pub async fn try_acquire(
+        &mut self,
+        node_id: &str,
+        last_term: u64,
+    ) -> Result<Option<u64>, LockError> {
+        match self {
+            Lock::File(l) => l.try_acquire(node_id, last_term).await,
+        }
+    }
+
+    /// While held: `Ok` if the lock is still ours, else why it is not.
+    pub async fn check(&mut self) -> Result<(), LockError> {
+        match self {
+            Lock::File(l) => l.check().await,
+        }
+    }
+
+    /// Gives the lock back (no-op if not held).
+    pub async fn release(&mut self) {
+        match self {
+            Lock::File(l) => l.release().await,
+        }
+    }
+
+    /// Where the lock lives, for logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Lock::File(l) => l.path().display().to_string(),
+        }
+    }
+}
+
+/// What `lockgate status` found for one lock.
+#[derive(Debug)]
+pub enum Observed {
+    /// Held now; the record if readable.
+    Held(Option<OwnerRecord>),
+    /// Nobody holds it; the last holder's record if any.
+    Free(Option<OwnerRecord>),
+    /// Never created.
+    Absent,
+}
+
+/// Reads the holder of a lock without taking part in the contention.
+pub fn observe(cfg: &CoordinatorConfig) -> Result<Observed, LockError> {
+    match &cfg.backend {
+        BackendConfig::File { locks_folder } => file::observe(&locks_folder.join(&cfg.lock_id)),
+    }
+}

@@ -1,0 +1,222 @@
+//! Binding a listener and serving the connections it accepts.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge};
+use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::config::RouteConfig;
+use crate::forward::{self, Counters};
+use crate::metrics as m;
+
+/// Pending connections the kernel queues for us.
+const BACKLOG: i32 = 1024;
+/// Accept back-off bounds while out of file descriptors.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// TCP keepalive on both legs: a peer that vanished without a FIN is found within minutes.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A route's settings and pre-built metric handles, shared by its connection tasks.
+pub struct RouteRuntime {
+    pub cfg: RouteConfig,
+    counters: Counters,
+    connections: Counter,
+    active: Gauge,
+    pub listening: Gauge,
+    accept_errors_fd: Counter,
+    accept_errors_other: Counter,
+}
+
+impl RouteRuntime {
+    pub fn new(cfg: RouteConfig) -> Arc<RouteRuntime> {
+        let r = cfg.name.clone();
+        Arc::new(RouteRuntime {
+            counters: Counters {
+                to_upstream: metrics::counter!(m::FORWARDED_BYTES, "route" => r.clone(), "direction" => "to_upstream"),
+                to_downstream: metrics::counter!(m::FORWARDED_BYTES, "route" => r.clone(), "direction" => "to_downstream"),
+            },
+            connections: metrics::counter!(m::CONNECTIONS, "route" => r.clone()),
+            active: metrics::gauge!(m::CONNECTIONS_ACTIVE, "route" => r.clone()),
+            listening: metrics::gauge!(m::ROUTE_LISTENING, "route" => r.clone()),
+            accept_errors_fd: metrics::counter!(m::ACCEPT_ERRORS, "route" => r.clone(), "reason" => "out_of_fds"),
+            accept_errors_other: metrics::counter!(m::ACCEPT_ERRORS, "route" => r, "reason" => "other"),
+            cfg,
+        })
+    }
+}
+
+/// An OS error in an operator's words.
+pub fn explain(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EMFILE) | Some(libc::ENFILE) => {
+            return "out of file descriptors (raise LimitNOFILE)".to_owned();
+        }
+        _ => {}
+    }
+    match e.kind() {
+        io::ErrorKind::AddrInUse => "port already in use".to_owned(),
+        io::ErrorKind::AddrNotAvailable => "address not available on this host".to_owned(),
+        io::ErrorKind::PermissionDenied => {
+            "permission denied (ports below 1024 need CAP_NET_BIND_SERVICE)".to_owned()
+        }
+        io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+        _ => e.to_string(),
+    }
+}
+
+/// Binds a listening socket (SO_REUSEADDR, so connections in TIME_WAIT do not block a rebind).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Resets a connection: linger 0, so the peer sees RST at once rather than a FIN it might
+/// keep writing after.
+pub fn reset(stream: TcpStream) {
+    let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+fn tune(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let keepalive = TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL);
+    let _ = SockRef::from(stream).set_tcp_keepalive(&keepalive);
+}
+
+/// Accepts until `stop` (then drops the listener: new connects are refused). Each connection
+/// runs on `tracker` and is reset when `kill` fires.
+pub async fn accept_loop(
+    listener: TcpListener,
+    route: Arc<RouteRuntime>,
+    stop: CancellationToken,
+    kill: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let name = route.cfg.name.as_str();
+    let mut backoff = Duration::ZERO;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = Duration::ZERO;
+                route.connections.increment(1);
+                tracker.spawn(serve(stream, peer, route.clone(), kill.clone()));
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {
+                route.accept_errors_other.increment(1);
+                debug!(
+                    route = name,
+                    "a client gave up before its connection was accepted"
+                );
+            }
+            Err(e) => {
+                if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
+                    route.accept_errors_fd.increment(1);
+                } else {
+                    route.accept_errors_other.increment(1);
+                }
+                backoff = (backoff * 2).clamp(ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX);
+                warn!(route = name, error = %explain(&e), backoff_ms = backoff.as_millis() as u64, "cannot accept a connection; backing off");
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+            }
+        }
+    }
+    drop(listener);
+    route.listening.set(0.0);
+}
+
+/// Decrements the active-connections gauge however the task ends.
+struct ActiveGuard(Gauge);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+async fn serve(
+    mut downstream: TcpStream,
+    peer: SocketAddr,
+    route: Arc<RouteRuntime>,
+    kill: CancellationToken,
+) {
+    route.active.increment(1.0);
+    let _active = ActiveGuard(route.active.clone());
+    let name = route.cfg.name.as_str();
+    tune(&downstream);
+    let connect = tokio::time::timeout(
+        route.cfg.connect_timeout,
+        TcpStream::connect(&route.cfg.forward_to),
+    );
+    let upstream = tokio::select! {
+        _ = kill.cancelled() => {
+            reset(downstream);
+            return;
+        }
+        r = connect => r,
+    };
+    let mut upstream = match upstream {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let reason = if e.kind() == io::ErrorKind::ConnectionRefused {
+                "refused"
+            } else {
+                "error"
+            };
+            metrics::counter!(m::UPSTREAM_CONNECT_ERRORS, "route" => name.to_owned(), "reason" => reason).increment(1);
+            warn!(route = name, %peer, upstream = %route.cfg.forward_to, error = %explain(&e), "cannot connect to the upstream; closing the client's connection");
+            reset(downstream);
+            return;
+        }
+        Err(_) => {
+            metrics::counter!(m::UPSTREAM_CONNECT_ERRORS, "route" => name.to_owned(), "reason" => "timeout").increment(1);
+            warn!(route = name, %peer, upstream = %route.cfg.forward_to, timeout_ms = route.cfg.connect_timeout.as_millis() as u64, "upstream did not answer the connect in time; closing the client's connection");
+            reset(downstream);
+            return;
+        }
+    };
+    tune(&upstream);
+    let result = tokio::select! {
+        _ = kill.cancelled() => None,
+        r = forward::forward(&mut downstream, &mut upstream, route.cfg.half_close_timeout, &route.counters) => Some(r),
+    };
+    match result {
+        Some(Ok(t)) => {
+            debug!(route = name, %peer, to_upstream = t.to_upstream, to_downstream = t.to_downstream, "connection closed");
+        }
+        Some(Err(e)) => {
+            debug!(route = name, %peer, error = %e, "connection ended abnormally; resetting both legs");
+            reset(downstream);
+            reset(upstream);
+        }
+        None => {
+            reset(downstream);
+            reset(upstream);
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! Routes: a listener that forwards every connection to one upstream.
+//!
+//! - An **open** route ([`OpenRoute`]) binds at start and stays bound until shutdown, when it
+//!   drains for up to `shutdown-grace-ms`.
+//! - **Gated** routes ([`GatedRoutes`]) are the [`Gate`] of their lock coordinator: bound in
+//!   config order once the lock is held, and on loss closed in reverse order, listener first,
+//!   then every connection reset, no grace.
+
+pub mod listener;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::RouteConfig;
+use crate::coordinator::Gate;
+use crate::metrics as m;
+use listener::RouteRuntime;
+
+/// A bound listener and the connections it carries.
+struct Bound {
+    route: Arc<RouteRuntime>,
+    /// Stops the accept loop, which then drops the listener.
+    stop_accepting: CancellationToken,
+    /// Resets every connection of this listener.
+    kill: CancellationToken,
+    accept: JoinHandle<()>,
+    conns: TaskTracker,
+}
+
+impl Bound {
+    fn bind(route: &Arc<RouteRuntime>) -> std::io::Result<Bound> {
+        let listener = listener::bind(route.cfg.listen)?;
+        let stop_accepting = CancellationToken::new();
+        let kill = CancellationToken::new();
+        let conns = TaskTracker::new();
+        let accept = tokio::spawn(listener::accept_loop(
+            listener,
+            route.clone(),
+            stop_accepting.clone(),
+            kill.clone(),
+            conns.clone(),
+        ));
+        route.listening.set(1.0);
+        info!(route = %route.cfg.name, listen = %route.cfg.listen, forward_to = %route.cfg.forward_to, "route listening");
+        Ok(Bound {
+            route: route.clone(),
+            stop_accepting,
+            kill,
+            accept,
+            conns,
+        })
+    }
+
+    /// Stops accepting and waits until the listener is closed.
+    async fn stop_accepting(&mut self) {
+        self.stop_accepting.cancel();
+        if let Err(e) = (&mut self.accept).await {
+            warn!(route = %self.route.cfg.name, error = %e, "accept task ended abnormally");
+        }
+        self.route.listening.set(0.0);
+    }
+
+    /// Resets every remaining connection and waits until all are gone.
+    async fn kill(self, reason: &'static str) {
+        let left = self.conns.len();
+        if left > 0 {
+            metrics::counter!(m::CONNECTIONS_KILLED, "route" => self.route.cfg.name.clone(), "reason" => reason)
+                .increment(left as u64);
+            info!(route = %self.route.cfg.name, connections = left, reason, "resetting connections");
+        }
+        self.kill.cancel();
+        self.conns.close();
+        self.conns.wait().await;
+    }
+
+    /// Gated close: listener first, then every connection, at once.
+    async fn close(mut self, reason: &'static str) {
+        self.stop_accepting().await;
+        info!(route = %self.route.cfg.name, listen = %self.route.cfg.listen, reason, "route closed");
+        self.kill(reason).await;
+    }
+
+    /// Shutdown of an open route: stop accepting, let connections finish for up to `grace`,
+    /// then reset the rest.
+    async fn drain(mut self, grace: Duration) {
+        self.stop_accepting().await;
+        self.conns.close();
+        if tokio::time::timeout(grace, self.conns.wait())
+            .await
+            .is_err()
+        {
+            warn!(route = %self.route.cfg.name, grace_ms = grace.as_millis() as u64, "connections still open after the shutdown grace");
+        }
+        self.kill("shutdown").await;
+    }
+}
+
+/// An always-bound route.
+pub struct OpenRoute(Bound);
+
+impl OpenRoute {
+    /// Binds now; a failure is fatal at start-up and says which route and why.
+    pub fn start(cfg: RouteConfig) -> anyhow::Result<OpenRoute> {
+        let route = RouteRuntime::new(cfg);
+        let bound = Bound::bind(&route)
+            .map_err(|e| anyhow::anyhow!(listener::explain(&e)))
+            .with_context(|| {
+                format!(
+                    "route \"{}\": cannot listen on {}",
+                    route.cfg.name, route.cfg.listen
+                )
+            })?;
+        Ok(OpenRoute(bound))
+    }
+
+    pub async fn drain(self, grace: Duration) {
+        self.0.drain(grace).await;
+    }
+}
+
+/// The gated routes of one lock, in config order.
+pub struct GatedRoutes {
+    routes: Vec<Arc<RouteRuntime>>,
+    /// Bound listeners, in bind order (a prefix of `routes`).
+    bound: Vec<Bound>,
+}
+
+impl GatedRoutes {
+    pub fn new(routes: Vec<RouteConfig>) -> GatedRoutes {
+        GatedRoutes {
+            routes: routes.into_iter().map(RouteRuntime::new).collect(),
+            bound: Vec::new(),
+        }
+    }
+}
+
+impl Gate for GatedRoutes {
+    async fn open(&mut self, _term: u64) -> Result<(), String> {
+        for route in &self.routes {
+            if self.bound.iter().any(|b| Arc::ptr_eq(&b.route, route)) {
+                continue;
+            }
+            match Bound::bind(route) {
+                Ok(b) => self.bound.push(b),
+                Err(e) => {
+                    metrics::counter!(m::ROUTE_BIND_ERRORS, "route" => route.cfg.name.clone(), "reason" => format!("{:?}", e.kind()))
+                        .increment(1);
+                    let message = format!(
+                        "route \"{}\": cannot listen on {}: {}",
+                        route.cfg.name,
+                        route.cfg.listen,
+                        listener::explain(&e)
+                    );
+                    self.close("bind_failed").await;
+                    return Err(message);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn close(&mut self, reason: &'static str) {
+        while let Some(b) = self.bound.pop() {
+            b.close(reason).await;
+        }
+    }
+}
