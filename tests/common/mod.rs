@@ -1,0 +1,464 @@
+//! Real parts for the integration tests: lockgate child processes that report READY/STATUS on a
+//! notify socket the test owns, loopback echo upstreams that record every byte, a failover
+//! client, and a sampler that checks two nodes never serve at once.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream, UnixDatagram};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// The bound on every wait in these tests: generous, only there so a broken build fails
+/// instead of hanging.
+pub const BOUND: Duration = Duration::from_secs(30);
+
+/// A port below 32768 (outside the ephemeral range) that is free right now.
+pub fn free_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = 12_000u32;
+    let seed = std::process::id().wrapping_mul(7919);
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (seed.wrapping_add(n.wrapping_mul(37)) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below 32768");
+}
+
+/// An echo "broker" on loopback that records every byte it receives, per connection.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>,
+    accept: JoinHandle<()>,
+    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>> = Arc::default();
+        let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let (r, c) = (received.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    continue;
+                };
+                let log = Arc::new(Mutex::new(Vec::new()));
+                r.lock().unwrap().push(log.clone());
+                c.lock().unwrap().push(tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                log.lock().unwrap().extend_from_slice(&buf[..n]);
+                                if s.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    let _ = s.shutdown().await;
+                }));
+            }
+        });
+        Upstream {
+            addr,
+            received,
+            accept,
+            conns,
+        }
+    }
+
+    /// Closes the listener (connects are refused from now on); live connections stay.
+    pub fn stop_listening(&self) {
+        self.accept.abort();
+    }
+
+    /// Every connection's bytes, joined.
+    pub fn received(&self) -> Vec<u8> {
+        let all = self.received.lock().unwrap();
+        let mut out = Vec::new();
+        for c in all.iter() {
+            out.extend_from_slice(&c.lock().unwrap());
+            out.push(b'\n');
+        }
+        out
+    }
+
+    /// The numbers of the `m<N>` messages received.
+    pub fn messages(&self) -> Vec<u32> {
+        String::from_utf8_lossy(&self.received())
+            .lines()
+            .filter_map(|l| l.strip_prefix('m')?.parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.accept.abort();
+        for c in self.conns.lock().unwrap().iter() {
+            c.abort();
+        }
+    }
+}
+
+/// Settings of one test node's config.
+pub struct NodeSpec<'a> {
+    pub node_id: &'a str,
+    pub locks: &'a Path,
+    pub client_port: u16,
+    pub upstream: SocketAddr,
+    pub check_period_ms: u64,
+    /// Health-check the upstream: (interval-ms, rise, fall).
+    pub health: Option<(u64, u32, u32)>,
+    /// Extra TOML appended at the end (more routes).
+    pub extra: String,
+}
+
+impl NodeSpec<'_> {
+    pub fn write(&self, dir: &Path) -> PathBuf {
+        let mut text = format!(
+            r#"node-id = "{id}"
+shutdown-grace-ms = 2000
+
+[[lock-coordinator]]
+name = "clients-lock"
+type = "file"
+lock-id = "mirror-cluster-clients"
+check-period = {period}
+locks-folder = "{locks}"
+"#,
+            id = self.node_id,
+            period = self.check_period_ms,
+            locks = self.locks.display(),
+        );
+        if let Some((interval, rise, fall)) = self.health {
+            text += &format!(
+                "\n[lock-coordinator.health-check]\naddress = \"{}\"\ninterval-ms = {interval}\ntimeout-ms = {interval}\nrise = {rise}\nfall = {fall}\n",
+                self.upstream
+            );
+        }
+        text += &format!(
+            "\n[[route]]\nname = \"clients\"\nlisten = \"127.0.0.1:{}\"\nforward-to = \"{}\"\nlock-coordinator = \"clients-lock\"\n",
+            self.client_port, self.upstream
+        );
+        text += &self.extra;
+        let path = dir.join(format!("{}.toml", self.node_id));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+pub fn lockgate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_lockgate"))
+}
+
+/// A lockgate child process. Killed when dropped; its log is printed if the test failed.
+pub struct Node {
+    pub name: String,
+    pub child: Child,
+    pub pid: i32,
+    log: PathBuf,
+    notes: mpsc::UnboundedReceiver<String>,
+    /// Every notify line seen so far.
+    pub seen: Vec<String>,
+    _reader: JoinHandle<()>,
+}
+
+impl Node {
+    /// Starts `lockgate run --config FILE` and waits for READY=1.
+    pub async fn start(name: &str, config: &Path, dir: &Path) -> Node {
+        let sock_path = dir.join(format!("{name}.notify"));
+        let _ = std::fs::remove_file(&sock_path);
+        let sock = UnixDatagram::bind(&sock_path).unwrap();
+        let (tx, notes) = mpsc::unbounded_channel();
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = sock.recv(&mut buf).await {
+                for line in String::from_utf8_lossy(&buf[..n]).lines() {
+                    if tx.send(line.to_owned()).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let log = dir.join(format!("{name}.log"));
+        let child = lockgate()
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("NOTIFY_SOCKET", &sock_path)
+            .env("RUST_LOG", "lockgate=debug,info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let pid = child.id().unwrap() as i32;
+        let mut node = Node {
+            name: name.to_owned(),
+            child,
+            pid,
+            log,
+            notes,
+            seen: Vec::new(),
+            _reader: reader,
+        };
+        node.wait_note(|l| l == "READY=1").await;
+        node
+    }
+
+    /// Waits for a notify line matching `pred`; returns it.
+    pub async fn wait_note(&mut self, pred: impl Fn(&str) -> bool) -> String {
+        self.wait_note_within(BOUND, pred).await
+    }
+
+    pub async fn wait_note_within(
+        &mut self,
+        bound: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            match tokio::time::timeout_at(deadline, self.notes.recv()).await {
+                Ok(Some(line)) => {
+                    self.seen.push(line.clone());
+                    if pred(&line) {
+                        return line;
+                    }
+                }
+                Ok(None) => panic!(
+                    "{}: notify socket closed; seen {:?}\n{}",
+                    self.name,
+                    self.seen,
+                    self.log_text()
+                ),
+                Err(_) => panic!(
+                    "{}: no matching notify line within {bound:?}; seen {:?}\n{}",
+                    self.name,
+                    self.seen,
+                    self.log_text()
+                ),
+            }
+        }
+    }
+
+    /// Waits until this node reports it holds the lock.
+    pub async fn wait_active(&mut self) -> String {
+        self.wait_note(|l| l.starts_with("STATUS=lock clients-lock: active"))
+            .await
+    }
+
+    pub async fn wait_standby(&mut self, why: &str) -> String {
+        let want = format!("STATUS=lock clients-lock: standby ({why}");
+        self.wait_note(move |l| l.starts_with(&want)).await
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.pid, sig) };
+        assert_eq!(rc, 0, "kill({}, {sig}) failed", self.pid);
+    }
+
+    pub async fn wait_exit(&mut self) -> ExitStatus {
+        tokio::time::timeout(BOUND, self.child.wait())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} did not exit within {BOUND:?}\n{}",
+                    self.name,
+                    self.log_text()
+                )
+            })
+            .unwrap()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- log of {} ----\n{}", self.name, self.log_text());
+        }
+    }
+}
+
+/// Connects with a bound; `None` if refused or timed out.
+pub async fn try_connect(port: u16, bound: Duration) -> Option<TcpStream> {
+    match tokio::time::timeout(bound, TcpStream::connect(("127.0.0.1", port))).await {
+        Ok(Ok(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// Resets a test-side connection so it leaves no TIME_WAIT behind.
+pub fn abort(s: TcpStream) {
+    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+    drop(s);
+}
+
+/// True if `port` serves: a round trip through the proxy to its echo upstream succeeds.
+pub async fn serves(port: u16) -> bool {
+    let Some(mut s) = try_connect(port, Duration::from_millis(300)).await else {
+        return false;
+    };
+    let ok = tokio::time::timeout(Duration::from_millis(300), async {
+        s.write_all(b"probe\n").await?;
+        let mut buf = [0u8; 6];
+        s.read_exact(&mut buf).await?;
+        Ok::<bool, std::io::Error>(&buf == b"probe\n")
+    })
+    .await
+    .is_ok_and(|r| r.is_ok_and(|ok| ok));
+    abort(s);
+    ok
+}
+
+/// Waits until `port` serves.
+pub async fn wait_serving(port: u16) {
+    let deadline = Instant::now() + BOUND;
+    while !serves(port).await {
+        assert!(
+            Instant::now() < deadline,
+            "port {port} did not serve within {BOUND:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Probes two client ports in the pattern A, B, A: both A probes and the B probe serving
+/// means both served at the moment of the B probe. Never two active must hold at every sample.
+pub struct Sampler {
+    stop: Arc<AtomicBool>,
+    progress: tokio::sync::watch::Receiver<SamplerReport>,
+    task: JoinHandle<SamplerReport>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct SamplerReport {
+    pub samples: u32,
+    pub a_served: u32,
+    pub b_served: u32,
+    pub both: u32,
+}
+
+impl Sampler {
+    pub fn start(a: u16, b: u16) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, progress) = tokio::sync::watch::channel(SamplerReport::default());
+        let s = stop.clone();
+        let task = tokio::spawn(async move {
+            // Bounded in count as well as by the test.
+            while !s.load(Ordering::Relaxed) && tx.borrow().samples < 100_000 {
+                let a1 = serves(a).await;
+                let b1 = serves(b).await;
+                let a2 = serves(a).await;
+                tx.send_modify(|r| {
+                    r.samples += 1;
+                    r.a_served += u32::from(a1 && a2);
+                    r.b_served += u32::from(b1);
+                    r.both += u32::from(a1 && b1 && a2);
+                });
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tx.borrow().clone()
+        });
+        Sampler {
+            stop,
+            progress,
+            task,
+        }
+    }
+
+    /// Waits until the sampler's counts satisfy `pred` (e.g. it has seen A serve).
+    pub async fn wait_for(&mut self, pred: impl Fn(&SamplerReport) -> bool) {
+        tokio::time::timeout(BOUND, self.progress.wait_for(|r| pred(r)))
+            .await
+            .expect("sampler condition not met in time")
+            .expect("sampler stopped");
+    }
+
+    pub async fn finish(self) -> SamplerReport {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap()
+    }
+}
+
+/// A client with a failover list, like `failover:(tcp://a,tcp://b)`: sends `m<i>` lines and
+/// waits for each echo; on any failure moves to the next address and resends the message.
+pub struct FailoverClient {
+    ports: Vec<u16>,
+    current: usize,
+    conn: Option<BufReader<TcpStream>>,
+    pub reconnects: u32,
+}
+
+impl FailoverClient {
+    pub fn new(ports: &[u16]) -> FailoverClient {
+        FailoverClient {
+            ports: ports.to_vec(),
+            current: 0,
+            conn: None,
+            reconnects: 0,
+        }
+    }
+
+    /// Sends message `i` until it is acknowledged; returns the port that acknowledged it.
+    pub async fn send(&mut self, i: u32) -> u16 {
+        let deadline = Instant::now() + BOUND;
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "message {i} not acknowledged within {BOUND:?}"
+            );
+            if self.conn.is_none() {
+                let port = self.ports[self.current];
+                match try_connect(port, Duration::from_millis(500)).await {
+                    Some(s) => self.conn = Some(BufReader::new(s)),
+                    None => {
+                        self.current = (self.current + 1) % self.ports.len();
+                        self.reconnects += 1;
+                        // The failover transport's reconnect delay.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                }
+            }
+            let Some(conn) = self.conn.as_mut() else {
+                continue;
+            };
+            let msg = format!("m{i}\n");
+            let ok = tokio::time::timeout(Duration::from_secs(2), async {
+                conn.get_mut().write_all(msg.as_bytes()).await?;
+                let mut line = String::new();
+                conn.read_line(&mut line).await?;
+                Ok::<bool, std::io::Error>(line == msg)
+            })
+            .await
+            .is_ok_and(|r| r.is_ok_and(|ok| ok));
+            if ok {
+                return self.ports[self.current];
+            }
+            self.conn = None;
+            self.current = (self.current + 1) % self.ports.len();
+        }
+    }
+}
