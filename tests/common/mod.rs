@@ -35,10 +35,13 @@ pub fn free_port() -> u16 {
     panic!("no free port below 32768");
 }
 
+/// The bytes of one connection, shared with its task.
+type ConnLog = Arc<Mutex<Vec<u8>>>;
+
 /// An echo "broker" on loopback that records every byte it receives, per connection.
 pub struct Upstream {
     pub addr: SocketAddr,
-    received: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>,
+    received: Arc<Mutex<Vec<ConnLog>>>,
     accept: JoinHandle<()>,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
@@ -47,7 +50,7 @@ impl Upstream {
     pub async fn start() -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let received: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>> = Arc::default();
+        let received: Arc<Mutex<Vec<ConnLog>>> = Arc::default();
         let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let (r, c) = (received.clone(), conns.clone());
         let accept = tokio::spawn(async move {
