@@ -59,10 +59,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             tracing::error!(error = %e, "a lock coordinator ended abnormally");
         }
     }
+    for r in &mut open {
+        r.stop_accepting().await;
+    }
+    let left: usize = open.iter().map(OpenRoute::connections).sum();
     info!(
+        connections = left,
         grace_ms = config.shutdown_grace.as_millis() as u64,
-        "draining open routes"
+        "open routes closed; draining their connections"
     );
+    systemd::status(&format!("draining {left} connections of open routes"));
     let drains: Vec<_> = open
         .into_iter()
         .map(|r| tokio::spawn(r.drain(config.shutdown_grace)))

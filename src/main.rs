@@ -127,7 +127,7 @@ fn check_report(config: &Config) -> String {
         let _ = writeln!(out, "\n# failover arithmetic for lock \"{}\":", c.name);
         let _ = writeln!(
             out,
-            "#   holder process dies or stops: a standby serves within {} ms (its next attempt, one check-period)",
+            "#   holder process dies or shuts down: a standby serves within {} ms (its next attempt, one check-period)",
             ms(b.holder_dies)
         );
         match (&c.health, b.broker_dies) {
@@ -153,6 +153,10 @@ fn check_report(config: &Config) -> String {
             out,
             "#   lock lost under the holder (file replaced, storage hung): holder fences within {} ms",
             ms(b.loss_detected)
+        );
+        let _ = writeln!(
+            out,
+            "#   holder frozen (SIGSTOP, VM pause): it keeps the file lock, so no failover until it resumes or dies"
         );
     }
     out

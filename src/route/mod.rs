@@ -86,10 +86,9 @@ impl Bound {
         self.kill(reason).await;
     }
 
-    /// Shutdown of an open route: stop accepting, let connections finish for up to `grace`,
-    /// then reset the rest.
-    async fn drain(mut self, grace: Duration) {
-        self.stop_accepting().await;
+    /// Shutdown of an open route (after `stop_accepting`): let connections finish for up to
+    /// `grace`, then reset the rest.
+    async fn drain(self, grace: Duration) {
         self.conns.close();
         if tokio::time::timeout(grace, self.conns.wait())
             .await
@@ -119,6 +118,17 @@ impl OpenRoute {
         Ok(OpenRoute(bound))
     }
 
+    /// Closes the listener; connections keep flowing.
+    pub async fn stop_accepting(&mut self) {
+        self.0.stop_accepting().await;
+    }
+
+    /// Connections still open.
+    pub fn connections(&self) -> usize {
+        self.0.conns.len()
+    }
+
+    /// Waits up to `grace` for the connections to finish, then resets the rest.
     pub async fn drain(self, grace: Duration) {
         self.0.drain(grace).await;
     }

@@ -1,0 +1,93 @@
+//! `lockgate check` on the shipped configs (valid) and on a corpus of bad ones (each names
+//! the file, the line and the key, and exits 2).
+
+use std::path::{Path, PathBuf};
+
+fn toml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn check(path: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_lockgate"))
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn bad_configs_name_file_line_and_key() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let files = toml_files(&root.join("tests/bad-configs"));
+    assert!(
+        files.len() >= 12,
+        "the bad-config corpus has only {} files",
+        files.len()
+    );
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        // Each file ends with `# expect: LINE KEY`.
+        let expect = text
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("# expect: "))
+            .unwrap_or_else(|| panic!("{} has no `# expect:` line", file.display()));
+        let (line, key) = expect.split_once(' ').unwrap();
+        let out = check(&file);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: {stderr}", file.display());
+        let located = format!("{}:{line}:", file.display());
+        assert!(
+            stderr.contains(&located),
+            "{}: no `{located}` in: {stderr}",
+            file.display()
+        );
+        assert!(
+            stderr.contains(&format!("key `{key}`")),
+            "{}: no key `{key}` in: {stderr}",
+            file.display()
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "{}: printed a config",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn shipped_configs_are_valid_and_explain_failover() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("config/lockgate.toml")];
+    files.extend(toml_files(&root.join("config/examples/ha-pair")));
+    assert!(files.len() >= 3, "{files:?}");
+    for file in files {
+        let out = check(&file);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("check-period = "), "{stdout}");
+        assert!(stdout.contains("failover arithmetic"), "{stdout}");
+        assert!(
+            stdout.contains("holder's broker dies: a standby serves within"),
+            "{stdout}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_config_file_is_named() {
+    let out = check(Path::new("no/such/lockgate.toml"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no/such/lockgate.toml"));
+}
