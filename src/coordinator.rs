@@ -2,15 +2,16 @@
 //! healthy, opens its gate (binds the gated routes) once it holds the lock, and closes the gate
 //! *before* the lock can go to anyone else.
 //!
-//! The decision is the pure [`plan`]; [`Coordinator::run`] drives it from three events: the
-//! check-period tick, a flip of the broker's health, and shutdown.
+//! The decision is the pure [`plan`]; [`Coordinator::run`] drives it from four events: the
+//! lock arriving (the backend waits on it, so takeover does not wait for a tick), a flip of
+//! the broker's health (rise ⇒ contend now, fall ⇒ release now), the check-period tick (the
+//! holder's liveness check, and retries after errors), and shutdown.
 //!
 //! Never two active: the gate opens only after the lock is taken, and every path that gives
 //! the lock up (health, bind failure, shutdown) closes the gate first and awaits it; a loss
 //! detected under us (file replaced, storage hung) fences at once.
 
 use std::future::Future;
-use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -56,21 +57,23 @@ impl Release {
 /// What to do at a wake-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plan {
-    TryAcquire,
+    /// Wait for the lock (idempotent).
+    Contend,
+    /// Stop waiting for the lock.
+    Withdraw,
     /// Confirm we still hold the lock.
     Check,
     Release(Release),
-    Wait,
 }
 
-/// The coordinator's decision, from what it knows. `holding_off`: a recent bind failure asks
-/// us to leave the lock to the peer for a while.
+/// The coordinator's decision, from what it knows. `holding_off`: a recent bind failure or
+/// backend error asks us to leave the lock alone for a while.
 pub fn plan(held: bool, healthy: bool, holding_off: bool) -> Plan {
     match (held, healthy) {
         (true, true) => Plan::Check,
         (true, false) => Plan::Release(Release::Health),
-        (false, true) if !holding_off => Plan::TryAcquire,
-        (false, _) => Plan::Wait,
+        (false, true) if !holding_off => Plan::Contend,
+        (false, _) => Plan::Withdraw,
     }
 }
 
@@ -88,11 +91,11 @@ pub struct Coordinator<G: Gate> {
     /// The term of the current or last holding; grows on every acquisition.
     term: u64,
     held: bool,
+    /// Waiting for the lock: the backend's `acquired()` may fire.
+    contending: bool,
     hold_off_until: Option<Instant>,
     /// The last acquisition error logged, so a persisting error is logged once.
     last_error: Option<String>,
-    /// Whether "held elsewhere" was already logged since the last change.
-    said_standby: bool,
 }
 
 impl<G: Gate> Coordinator<G> {
@@ -111,9 +114,9 @@ impl<G: Gate> Coordinator<G> {
             health,
             term: 0,
             held: false,
+            contending: false,
             hold_off_until: None,
             last_error: None,
-            said_standby: false,
         }
     }
 
@@ -128,6 +131,7 @@ impl<G: Gate> Coordinator<G> {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
+                r = self.lock.acquired(), if self.contending => self.on_acquired(r).await,
                 r = self.health.changed(), if health_open => {
                     if r.is_err() {
                         health_open = false;
@@ -135,42 +139,71 @@ impl<G: Gate> Coordinator<G> {
                 }
                 _ = tokio::time::sleep_until(next) => {}
             }
-            self.step().await;
-            next = Instant::now() + self.cfg.check_period;
+            let now = Instant::now();
+            let ticked = now >= next;
+            self.step(ticked).await;
+            if ticked {
+                next = now + self.cfg.check_period;
+            }
+            if let Some(t) = self.hold_off_until.filter(|t| *t > now) {
+                next = next.min(t);
+            }
         }
+        self.lock.withdraw();
+        self.contending = false;
         if self.held {
             self.give_up(Release::Shutdown).await;
         }
         info!(lock = %name, "lock coordinator stopped");
     }
 
-    async fn step(&mut self) {
-        let healthy = health_open_value(&mut self.health);
+    /// Acts on the plan. The liveness check runs only on ticks; everything else at once.
+    async fn step(&mut self, ticked: bool) {
+        let healthy = *self.health.borrow_and_update();
         let now = Instant::now();
         let holding_off = self.hold_off_until.is_some_and(|t| now < t);
         match plan(self.held, healthy, holding_off) {
-            Plan::TryAcquire => self.try_acquire().await,
-            Plan::Check => {
+            Plan::Contend => {
+                self.lock.contend(&self.node_id, self.term);
+                if !self.contending {
+                    self.contending = true;
+                    self.publish_standby("contending");
+                }
+            }
+            Plan::Withdraw => {
+                if self.contending {
+                    self.lock.withdraw();
+                    self.contending = false;
+                    self.publish_standby(if healthy {
+                        "holding off"
+                    } else {
+                        "broker down"
+                    });
+                }
+            }
+            Plan::Check if ticked => {
                 if let Err(e) = self.lock.check().await {
                     self.lost(e).await;
                 }
             }
+            Plan::Check => {}
             Plan::Release(why) => self.give_up(why).await,
-            Plan::Wait => {}
         }
     }
 
-    async fn try_acquire(&mut self) {
+    async fn on_acquired(&mut self, result: Result<u64, LockError>) {
         let name = self.cfg.name.clone();
-        match self.lock.try_acquire(&self.node_id, self.term).await {
-            Ok(Some(term)) => {
+        self.contending = false;
+        match result {
+            Ok(term) => {
                 self.term = term;
                 self.held = true;
                 self.last_error = None;
-                self.said_standby = false;
+                let started = Instant::now();
                 match self.gate.open(term).await {
                     Ok(()) => {
-                        info!(lock = %name, term, reason = "acquired", "lock acquired: gated routes are open");
+                        let open_us = started.elapsed().as_micros() as u64;
+                        info!(lock = %name, term, reason = "acquired", open_us, "lock acquired: gated routes are open");
                         self.record_transition("active", "acquired");
                         metrics::gauge!(m::LOCK_HELD, "lock" => name.clone()).set(1.0);
                         metrics::gauge!(m::LOCK_TERM, "lock" => name.clone()).set(term as f64);
@@ -185,13 +218,6 @@ impl<G: Gate> Coordinator<G> {
                     }
                 }
             }
-            Ok(None) => {
-                self.last_error = None;
-                if !self.said_standby {
-                    info!(lock = %name, "lock is held elsewhere: standing by");
-                    self.said_standby = true;
-                }
-            }
             Err(e) => {
                 metrics::counter!(m::LOCK_BACKEND_ERRORS, "lock" => name.clone(), "reason" => e.reason()).increment(1);
                 let text = e.to_string();
@@ -201,6 +227,7 @@ impl<G: Gate> Coordinator<G> {
                 } else {
                     debug!(lock = %name, error = %text, "still cannot contend for the lock");
                 }
+                self.hold_off_until = Some(Instant::now() + self.cfg.check_period);
             }
         }
     }
@@ -236,15 +263,6 @@ impl<G: Gate> Coordinator<G> {
         metrics::gauge!(m::LOCK_HELD, "lock" => self.cfg.name.clone()).set(0.0);
         systemd::status(&format!("lock {}: standby ({why})", self.cfg.name));
     }
-
-    /// How long a standby may wait before it tries again.
-    pub fn check_period(&self) -> Duration {
-        self.cfg.check_period
-    }
-}
-
-fn health_open_value(rx: &mut watch::Receiver<bool>) -> bool {
-    *rx.borrow_and_update()
 }
 
 #[cfg(test)]
@@ -255,10 +273,10 @@ mod tests {
     fn plan_table() {
         // held, healthy, holding_off => plan
         let table = [
-            (false, false, false, Plan::Wait),
-            (false, false, true, Plan::Wait),
-            (false, true, false, Plan::TryAcquire),
-            (false, true, true, Plan::Wait),
+            (false, false, false, Plan::Withdraw),
+            (false, false, true, Plan::Withdraw),
+            (false, true, false, Plan::Contend),
+            (false, true, true, Plan::Withdraw),
             (true, true, false, Plan::Check),
             (true, true, true, Plan::Check),
             (true, false, false, Plan::Release(Release::Health)),

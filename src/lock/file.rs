@@ -1,5 +1,11 @@
 //! The embedded lock: an exclusive `flock` (through fs2) on `<locks-folder>/<lock-id>`.
 //!
+//! A standby waits for the lock in a blocking `flock` on a thread of its own, so the kernel
+//! hands it the lock the instant the holder's process dies or releases it; `check-period` is
+//! not the takeover latency. At most one such thread exists per lock: withdrawing (health
+//! fell, hold-off, shutdown) leaves a blocked thread in place to be reused, and a lock that
+//! arrives while nobody wants it is released at once.
+//!
 //! Unlike Artemis, loss is detected: each check confirms that the path still names the file
 //! we locked (same dev+inode) and that I/O on it completes within a deadline, on a blocking
 //! thread, so a hung shared mount fences instead of hanging the coordinator.
@@ -10,8 +16,10 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use super::{LockError, Observed, OwnerRecord};
 
@@ -21,6 +29,37 @@ pub struct FileLock {
     /// Deadline of each blocking operation on the file.
     io_timeout: Duration,
     held: Option<Held>,
+    /// Shared with the waiter thread, if any.
+    handoff: Arc<Handoff>,
+}
+
+/// Hand-off between the waiter thread and the coordinator. Every decision "deliver or
+/// release" is taken under the mutex, so a lock can never arrive unnoticed.
+#[derive(Default)]
+struct Handoff {
+    state: Mutex<WaitState>,
+    /// Signalled when the waiter thread ends, with or without a delivery.
+    arrived: Notify,
+}
+
+#[derive(Default)]
+struct WaitState {
+    /// The coordinator wants the lock now.
+    wanted: bool,
+    /// A waiter thread exists (there is never more than one).
+    waiting: bool,
+    /// What the waiter delivered and the coordinator has not taken yet.
+    delivered: Option<Result<Held, LockError>>,
+    /// For the owner record.
+    node_id: String,
+    last_term: u64,
+}
+
+impl Handoff {
+    fn lock(&self) -> MutexGuard<'_, WaitState> {
+        // A panic while holding this mutex leaves plain data behind; keep going.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The open, locked file and the identity it had when locked.
@@ -39,6 +78,7 @@ impl FileLock {
             path: folder.join(lock_id),
             io_timeout,
             held: None,
+            handoff: Arc::default(),
         }
     }
 
@@ -72,22 +112,74 @@ impl FileLock {
         }
     }
 
-    pub async fn try_acquire(
-        &mut self,
-        node_id: &str,
-        last_term: u64,
-    ) -> Result<Option<u64>, LockError> {
-        if let Some(held) = &self.held {
-            return Ok(Some(held.term));
+    /// Starts (or keeps) waiting for the lock; returns at once. The lock arrives through
+    /// [`FileLock::acquired`].
+    pub fn contend(&mut self, node_id: &str, last_term: u64) {
+        if self.held.is_some() {
+            return;
         }
-        let path = self.path.clone();
-        let node_id = node_id.to_owned();
-        let held = self
-            .blocking("acquire", move || acquire(&path, &node_id, last_term))
-            .await?;
-        let term = held.as_ref().map(|h| h.term);
-        self.held = held;
-        Ok(term)
+        let mut st = self.handoff.lock();
+        st.wanted = true;
+        st.node_id = node_id.to_owned();
+        st.last_term = last_term;
+        if st.waiting || st.delivered.is_some() {
+            return;
+        }
+        st.waiting = true;
+        drop(st);
+        let (path, handoff) = (self.path.clone(), self.handoff.clone());
+        let spawned = std::thread::Builder::new()
+            .name("lockgate-flock".to_owned())
+            .spawn(move || wait_for_lock(&path, &handoff));
+        if let Err(e) = spawned {
+            let mut st = self.handoff.lock();
+            st.waiting = false;
+            st.delivered = Some(Err(LockError::Io {
+                path: self.display(),
+                source: e,
+            }));
+            drop(st);
+            self.handoff.arrived.notify_one();
+        }
+    }
+
+    /// Resolves when the lock has been taken (with the new term) or waiting for it failed.
+    /// Pends forever unless [`FileLock::contend`] was called. Cancel-safe.
+    pub async fn acquired(&mut self) -> Result<u64, LockError> {
+        loop {
+            let delivered = {
+                let mut st = self.handoff.lock();
+                let d = st.delivered.take();
+                if d.is_some() {
+                    st.wanted = false;
+                }
+                d
+            };
+            if let Some(result) = delivered {
+                let held = result?;
+                let term = held.term;
+                self.held = Some(held);
+                return Ok(term);
+            }
+            self.handoff.arrived.notified().await;
+        }
+    }
+
+    /// Stops wanting the lock. A lock that already arrived is released now; one that arrives
+    /// later is released by the waiter thread itself.
+    pub fn withdraw(&mut self) {
+        let arrived = {
+            let mut st = self.handoff.lock();
+            st.wanted = false;
+            st.delivered.take()
+        };
+        // Dropping a delivered lock closes its file, which frees the flock.
+        drop(arrived);
+    }
+
+    /// Whether a waiter thread exists (for tests of thread hygiene).
+    pub fn waiting(&self) -> bool {
+        self.handoff.lock().waiting
     }
 
     pub async fn check(&mut self) -> Result<(), LockError> {
@@ -141,44 +233,82 @@ fn is_contended(e: &io::Error) -> bool {
         || e.raw_os_error() == fs2::lock_contended_error().raw_os_error()
 }
 
-/// Opens and try-locks the file; on success writes our owner record with a term above both
-/// `last_term` and the previous holder's. `Ok(None)`: held elsewhere.
-fn acquire(path: &Path, node_id: &str, last_term: u64) -> Result<Option<Held>, LockError> {
-    let err = io_err(path);
-    let file = OpenOptions::new()
+fn open(path: &Path) -> Result<File, LockError> {
+    OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(path)
-        .map_err(&err)?;
-    match fs2::FileExt::try_lock_exclusive(&file) {
-        Ok(()) => {}
-        Err(e) if is_contended(&e) => return Ok(None),
-        Err(e) => return Err(err(e)),
+        .map_err(io_err(path))
+}
+
+/// The waiter thread: blocks in `flock` until the lock is ours, then delivers it if it is
+/// still wanted, else releases it at once.
+fn wait_for_lock(path: &Path, handoff: &Handoff) {
+    let outcome = block_until_locked(path, handoff);
+    let mut st = handoff.lock();
+    st.waiting = false;
+    match outcome {
+        Ok(Some(held)) if st.wanted => st.delivered = Some(Ok(held)),
+        // Not wanted any more: dropping it closes the file and frees the lock.
+        Ok(Some(held)) => drop(held),
+        Ok(None) => {}
+        Err(e) if st.wanted => st.delivered = Some(Err(e)),
+        Err(_) => {}
     }
-    let meta = file.metadata().map_err(&err)?;
-    // The path may have been replaced between our open and our lock: then we locked an
-    // orphan, which excludes nobody.
-    match std::fs::metadata(path) {
-        Ok(now) if now.dev() == meta.dev() && now.ino() == meta.ino() => {}
-        _ => return Ok(None),
+    drop(st);
+    handoff.arrived.notify_one();
+}
+
+/// Locks the file that the path names, waiting as long as it takes, and writes our owner
+/// record. `Ok(None)`: the lock arrived when nobody wanted it (and was released).
+fn block_until_locked(path: &Path, handoff: &Handoff) -> Result<Option<Held>, LockError> {
+    let err = io_err(path);
+    let mut said_standby = false;
+    loop {
+        let file = open(path)?;
+        match fs2::FileExt::try_lock_exclusive(&file) {
+            Ok(()) => {}
+            Err(e) if is_contended(&e) => {
+                if !said_standby {
+                    tracing::info!(file = %path.display(), "lock is held elsewhere: standing by, waiting on the lock");
+                    said_standby = true;
+                }
+                fs2::FileExt::lock_exclusive(&file).map_err(&err)?;
+            }
+            Err(e) => return Err(err(e)),
+        }
+        let meta = file.metadata().map_err(&err)?;
+        // The path may have been replaced while we waited: then we locked an orphan, which
+        // excludes nobody. Drop it and wait on the file the path names now.
+        match std::fs::metadata(path) {
+            Ok(now) if now.dev() == meta.dev() && now.ino() == meta.ino() => {}
+            _ => continue,
+        }
+        let (node_id, last_term, wanted) = {
+            let st = handoff.lock();
+            (st.node_id.clone(), st.last_term, st.wanted)
+        };
+        if !wanted {
+            return Ok(None);
+        }
+        let previous = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| OwnerRecord::from_text(&t))
+            .map_or(0, |r| r.term);
+        let term = last_term.max(previous) + 1;
+        let record = OwnerRecord::new(&node_id, term).to_text();
+        file.set_len(0).map_err(&err)?;
+        file.write_all_at(record.as_bytes(), 0).map_err(&err)?;
+        file.sync_data().map_err(&err)?;
+        return Ok(Some(Held {
+            file: Arc::new(file),
+            dev: meta.dev(),
+            ino: meta.ino(),
+            term,
+        }));
     }
-    let previous = std::fs::read_to_string(path)
-        .ok()
-        .and_then(|t| OwnerRecord::from_text(&t))
-        .map_or(0, |r| r.term);
-    let term = last_term.max(previous) + 1;
-    let record = OwnerRecord::new(node_id, term).to_text();
-    file.set_len(0).map_err(&err)?;
-    file.write_all_at(record.as_bytes(), 0).map_err(&err)?;
-    file.sync_data().map_err(&err)?;
-    Ok(Some(Held {
-        file: Arc::new(file),
-        dev: meta.dev(),
-        ino: meta.ino(),
-        term,
-    }))
 }
 
 /// The path still names our file, and a read of it completes.
@@ -224,29 +354,68 @@ pub fn observe(path: &Path) -> Result<Observed, LockError> {
 mod tests {
     use super::*;
 
+    async fn take(l: &mut FileLock, node: &str) -> u64 {
+        l.contend(node, 0);
+        tokio::time::timeout(Duration::from_secs(10), l.acquired())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
     #[tokio::test]
-    async fn exclusive_between_two_handles_and_freed_on_release() {
+    async fn the_standby_gets_the_lock_when_the_holder_releases() {
         let dir = tempfile::tempdir().unwrap();
         let t = Duration::from_secs(5);
         let mut a = FileLock::new(dir.path(), "l", t);
         let mut b = FileLock::new(dir.path(), "l", t);
-        assert_eq!(a.try_acquire("a", 0).await.unwrap(), Some(1));
-        assert_eq!(b.try_acquire("b", 0).await.unwrap(), None);
+        assert_eq!(take(&mut a, "a").await, 1);
+        b.contend("b", 0);
+        // b waits while a holds.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), b.acquired())
+                .await
+                .is_err()
+        );
         a.check().await.unwrap();
         match observe(&dir.path().join("l")).unwrap() {
-            Observed::Held(Some(r)) => assert_eq!(r.term, 1),
+            Observed::Held(Some(r)) => assert_eq!((r.term, r.node_id.as_str()), (1, "a")),
             other => panic!("unexpected {other:?}"),
         }
         a.release().await;
         // Terms grow across holders: b's follows a's record.
-        assert_eq!(b.try_acquire("b", 0).await.unwrap(), Some(2));
+        let term = tokio::time::timeout(Duration::from_secs(10), b.acquired())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(term, 2);
+    }
+
+    #[tokio::test]
+    async fn a_lock_arriving_after_withdraw_is_released_and_the_thread_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Duration::from_secs(5);
+        let mut a = FileLock::new(dir.path(), "l", t);
+        let mut b = FileLock::new(dir.path(), "l", t);
+        take(&mut a, "a").await;
+        for _ in 0..20 {
+            b.contend("b", 0);
+            b.withdraw();
+        }
+        assert!(b.waiting(), "one waiter stays blocked");
+        a.release().await;
+        // b's waiter gets the lock, finds nobody wants it, releases it and ends; then a can
+        // take it again.
+        assert_eq!(take(&mut a, "a").await, 2);
+        a.release().await;
+        let mut c = FileLock::new(dir.path(), "l", t);
+        assert_eq!(take(&mut c, "c").await, 3);
     }
 
     #[tokio::test]
     async fn replaced_or_removed_file_is_loss() {
         let dir = tempfile::tempdir().unwrap();
         let mut a = FileLock::new(dir.path(), "l", Duration::from_secs(5));
-        assert_eq!(a.try_acquire("a", 0).await.unwrap(), Some(1));
+        take(&mut a, "a").await;
         let tmp = dir.path().join("new");
         std::fs::write(&tmp, b"").unwrap();
         std::fs::rename(&tmp, dir.path().join("l")).unwrap();
@@ -260,9 +429,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let gone = dir.path().join("gone");
         let mut a = FileLock::new(&gone, "l", Duration::from_secs(5));
-        assert!(matches!(
-            a.try_acquire("a", 0).await,
-            Err(LockError::FolderMissing(_))
-        ));
+        a.contend("a", 0);
+        let r = tokio::time::timeout(Duration::from_secs(10), a.acquired())
+            .await
+            .unwrap();
+        assert!(matches!(r, Err(LockError::FolderMissing(_))), "{r:?}");
+        assert!(!a.waiting());
     }
 }

@@ -101,16 +101,25 @@ impl Lock {
         }
     }
 
-    /// Takes the lock if it is free and writes our owner record. Returns the new term, greater
-    /// than `last_term` and than the term of the previous holder's record; `Ok(None)`: the lock
-    /// is held elsewhere.
-    pub async fn try_acquire(
-        &mut self,
-        node_id: &str,
-        last_term: u64,
-    ) -> Result<Option<u64>, LockError> {
+    /// Starts (or keeps) contending for the lock; returns at once. Idempotent.
+    pub fn contend(&mut self, node_id: &str, last_term: u64) {
         match self {
-            Lock::File(l) => l.try_acquire(node_id, last_term).await,
+            Lock::File(l) => l.contend(node_id, last_term),
+        }
+    }
+
+    /// Resolves when the lock is ours, with a term above `last_term` and above the previous
+    /// holder's; or when contending failed. Pends while not contending. Cancel-safe.
+    pub async fn acquired(&mut self) -> Result<u64, LockError> {
+        match self {
+            Lock::File(l) => l.acquired().await,
+        }
+    }
+
+    /// Stops contending; a lock that arrives anyway is released at once.
+    pub fn withdraw(&mut self) {
+        match self {
+            Lock::File(l) => l.withdraw(),
         }
     }
 

@@ -52,8 +52,27 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let received: Arc<Mutex<Vec<ConnLog>>> = Arc::default();
         let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let (r, c) = (received.clone(), conns.clone());
-        let accept = tokio::spawn(async move {
+        let accept = Self::serve(listener, received.clone(), conns.clone());
+        Upstream {
+            addr,
+            received,
+            accept,
+            conns,
+        }
+    }
+
+    /// Listens again on the same address after `stop_listening`.
+    pub async fn resume_listening(&mut self) {
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        self.accept = Self::serve(listener, self.received.clone(), self.conns.clone());
+    }
+
+    fn serve(
+        listener: TcpListener,
+        r: Arc<Mutex<Vec<ConnLog>>>,
+        c: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    ) -> JoinHandle<()> {
+        tokio::spawn(async move {
             loop {
                 let Ok((mut s, _)) = listener.accept().await else {
                     continue;
@@ -76,13 +95,7 @@ impl Upstream {
                     let _ = s.shutdown().await;
                 }));
             }
-        });
-        Upstream {
-            addr,
-            received,
-            accept,
-            conns,
-        }
+        })
     }
 
     /// Closes the listener (connects are refused from now on); live connections stay.
@@ -289,6 +302,15 @@ impl Node {
                 )
             })
             .unwrap()
+    }
+
+    /// Threads and open descriptors of the process, from /proc.
+    pub fn threads_and_fds(&self) -> (usize, usize) {
+        let count = |d: String| std::fs::read_dir(d).map(|r| r.count()).unwrap_or(0);
+        (
+            count(format!("/proc/{}/task", self.pid)),
+            count(format!("/proc/{}/fd", self.pid)),
+        )
     }
 
     pub fn log_text(&self) -> String {

@@ -1,0 +1,126 @@
+//! Takeover waits on the lock, not on a timer: with `check-period = 5000` a standby serves
+//! long before the next tick, after the holder dies or its broker does. The figures live in
+//! `benches/takeover.rs`; these tests only bound them.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Far longer than any takeover here should take: the bound the tests assert.
+const SLOW_PERIOD_MS: u64 = 5000;
+const WELL_BEFORE_A_TICK: Duration = Duration::from_millis(2500);
+
+struct Pair {
+    _dir: tempfile::TempDir,
+    up: [Upstream; 2],
+    ports: [u16; 2],
+    nodes: [Node; 2],
+}
+
+async fn pair(health: Option<(u64, u32, u32)>) -> Pair {
+    let dir = tempfile::tempdir().unwrap();
+    let locks = dir.path().join("locks");
+    std::fs::create_dir(&locks).unwrap();
+    let up = [Upstream::start().await, Upstream::start().await];
+    let ports = [free_port(), free_port()];
+    let config = |i: usize, id| {
+        NodeSpec {
+            node_id: id,
+            locks: &locks,
+            client_port: ports[i],
+            upstream: up[i].addr,
+            check_period_ms: SLOW_PERIOD_MS,
+            health,
+            extra: String::new(),
+        }
+        .write(dir.path())
+    };
+    let (c0, c1) = (config(0, "node0"), config(1, "node1"));
+    let mut node0 = Node::start("node0", &c0, dir.path()).await;
+    node0.wait_active().await;
+    let node1 = Node::start("node1", &c1, dir.path()).await;
+    Pair {
+        _dir: dir,
+        up,
+        ports,
+        nodes: [node0, node1],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_takeover_does_not_wait_for_the_check_period() {
+    let mut p = pair(None).await;
+    let mut sampler = Sampler::start(p.ports[0], p.ports[1]);
+    sampler.wait_for(|r| r.a_served > 0).await;
+    let fault = Instant::now();
+    p.nodes[0].signal(libc::SIGKILL);
+    wait_serving(p.ports[1]).await;
+    let took = fault.elapsed();
+    eprintln!("SIGKILL takeover with check-period {SLOW_PERIOD_MS} ms: {took:?}");
+    assert!(took < WELL_BEFORE_A_TICK, "took {took:?}");
+    p.nodes[1].wait_active().await;
+    let r = sampler.finish().await;
+    assert!(r.samples > 0 && r.both == 0, "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_death_takeover_does_not_wait_for_the_check_period() {
+    let mut p = pair(Some((100, 1, 2))).await;
+    let mut sampler = Sampler::start(p.ports[0], p.ports[1]);
+    sampler.wait_for(|r| r.a_served > 0).await;
+    let fault = Instant::now();
+    p.up[0].stop_listening();
+    wait_serving(p.ports[1]).await;
+    let took = fault.elapsed();
+    eprintln!(
+        "broker-death takeover (interval 100 ms, fall 2) with check-period {SLOW_PERIOD_MS} ms: {took:?}"
+    );
+    assert!(took < WELL_BEFORE_A_TICK, "took {took:?}");
+    p.nodes[0].wait_standby("released: health").await;
+    let r = sampler.finish().await;
+    assert!(r.samples > 0 && r.both == 0, "{r:?}");
+}
+
+/// The lock moves back and forth as each broker in turn goes down and comes back; neither
+/// process gains threads or descriptors per cycle (a standby's waiter thread is reused, and a
+/// lock that arrives unwanted is released).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_cycles_leak_no_thread_and_no_descriptor() {
+    let mut p = pair(Some((50, 1, 1))).await;
+    let mut baseline = None;
+    for cycle in 0..8 {
+        let (from, to) = (cycle % 2, 1 - cycle % 2);
+        p.up[from].stop_listening();
+        p.nodes[from].wait_standby("released: health").await;
+        p.nodes[to].wait_active().await;
+        p.up[from].resume_listening().await;
+        p.nodes[from].wait_standby("contending").await;
+        // The standby's own broker blinks: it withdraws (its waiter stays blocked) and
+        // contends again (reusing that waiter).
+        p.up[from].stop_listening();
+        p.nodes[from].wait_standby("broker down").await;
+        p.up[from].resume_listening().await;
+        p.nodes[from].wait_standby("contending").await;
+        if cycle == 1 {
+            baseline = Some([p.nodes[0].threads_and_fds(), p.nodes[1].threads_and_fds()]);
+        }
+    }
+    let base = baseline.unwrap();
+    for (i, node) in p.nodes.iter().enumerate() {
+        let (threads, fds) = node.threads_and_fds();
+        let (t0, f0) = base[i];
+        assert!(threads > 0 && fds > 0, "cannot read /proc of {}", node.name);
+        assert!(
+            threads <= t0 + 2,
+            "{}: threads grew from {t0} to {threads}",
+            node.name
+        );
+        assert!(
+            fds <= f0 + 2,
+            "{}: descriptors grew from {f0} to {fds}",
+            node.name
+        );
+    }
+}
