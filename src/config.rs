@@ -59,15 +59,98 @@ pub struct CoordinatorConfig {
 pub enum BackendConfig {
     /// An exclusive `flock` on `<locks-folder>/<lock-id>`.
     File { locks_folder: PathBuf },
+    /// Ephemeral-sequential contender nodes under `/<namespace>/<lock-id>`.
+    ZooKeeper(ZkConfig),
 }
 
 impl BackendConfig {
     pub fn type_name(&self) -> &'static str {
         match self {
             BackendConfig::File { .. } => "file",
+            BackendConfig::ZooKeeper(_) => "zookeeper",
         }
     }
 }
+
+/// ZooKeeper settings, in Artemis's words and with its defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZkConfig {
+    pub connect_string: String,
+    /// Prefix of every znode (no leading slash).
+    pub namespace: String,
+    /// Requested session timeout S (the server may negotiate another).
+    pub session: Duration,
+    /// F = S × session-percent / 100: how long a disconnected holder may keep serving.
+    pub session_percent: u32,
+    /// Requested connection timeout C.
+    pub connection: Duration,
+    /// Connection attempts at start-up before falling back to one per check-period.
+    pub retries: u32,
+    pub retries_wait: Duration,
+}
+
+/// Scheduling slack added to one client tick in the required fencing margin.
+pub const ZK_SCHEDULING_SLACK: Duration = Duration::from_millis(200);
+
+/// The fencing arithmetic of a ZooKeeper lock, for a given session timeout S.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fencing {
+    pub session: Duration,
+    /// The connection timeout the client really uses: zookeeper-client ignores a configured
+    /// value above 3/5 of S and uses 2/5 of S instead.
+    pub connection: Duration,
+    /// Whether the configured connection timeout was ignored that way.
+    pub connection_ignored: bool,
+    /// F: how long after losing contact the holder fences.
+    pub fence_after: Duration,
+    /// S − C − F: what is left between our fence and the server giving the lock away.
+    pub margin: Duration,
+    /// One client tick (C/8) plus scheduling slack: the least margin we accept.
+    pub required_margin: Duration,
+}
+
+impl ZkConfig {
+    /// The arithmetic for session timeout `session` (the configured one at load time, the
+    /// negotiated one at run time). F is capped so the margin stays at least the required one.
+    pub fn fencing(&self, session: Duration) -> Fencing {
+        let connection_ignored = self.connection > session * 3 / 5;
+        let connection = if connection_ignored {
+            session * 2 / 5
+        } else {
+            self.connection
+        };
+        let required_margin = connection / 8 + ZK_SCHEDULING_SLACK;
+        let wanted = session * self.session_percent / 100;
+        let cap = session
+            .saturating_sub(connection)
+            .saturating_sub(required_margin);
+        let fence_after = wanted.min(cap);
+        Fencing {
+            session,
+            connection,
+            connection_ignored,
+            fence_after,
+            margin: session
+                .saturating_sub(connection)
+                .saturating_sub(fence_after),
+            required_margin,
+        }
+    }
+}
+
+impl Fencing {
+    /// A usable configuration leaves a positive F and the required margin.
+    pub fn is_safe(&self) -> bool {
+        !self.fence_after.is_zero() && self.margin >= self.required_margin
+    }
+}
+
+/// Artemis's ZooKeeper defaults.
+pub const DEFAULT_ZK_SESSION_MS: u64 = 18_000;
+pub const DEFAULT_ZK_SESSION_PERCENT: u32 = 33;
+pub const DEFAULT_ZK_CONNECTION_MS: u64 = 8_000;
+pub const DEFAULT_ZK_RETRIES: u32 = 1;
+pub const DEFAULT_ZK_RETRIES_MS: u64 = 1_000;
 
 /// `[lock-coordinator.health-check]`: a TCP connect to the local broker.
 #[derive(Debug, Clone)]
@@ -135,10 +218,17 @@ struct RawCoordinator {
     lock_id: Spanned<String>,
     check_period: Option<Spanned<u64>>,
     locks_folder: Option<Spanned<String>>,
+    connect_string: Option<Spanned<String>>,
+    namespace: Option<Spanned<String>>,
+    session_ms: Option<Spanned<u64>>,
+    session_percent: Option<Spanned<u32>>,
+    connection_ms: Option<Spanned<u64>>,
+    retries: Option<Spanned<u32>>,
+    retries_ms: Option<Spanned<u64>>,
     health_check: Option<Spanned<RawHealth>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawHealth {
     address: Spanned<String>,
@@ -218,6 +308,15 @@ impl Config {
                     let folder = locks_folder.display().to_string();
                     let _ = writeln!(out, "locks-folder = {}", q(&folder));
                 }
+                BackendConfig::ZooKeeper(z) => {
+                    let _ = writeln!(out, "connect-string = {}", q(&z.connect_string));
+                    let _ = writeln!(out, "namespace = {}", q(&z.namespace));
+                    let _ = writeln!(out, "session-ms = {}", ms(z.session));
+                    let _ = writeln!(out, "session-percent = {}", z.session_percent);
+                    let _ = writeln!(out, "connection-ms = {}", ms(z.connection));
+                    let _ = writeln!(out, "retries = {}", z.retries);
+                    let _ = writeln!(out, "retries-ms = {}", ms(z.retries_wait));
+                }
             }
             if let Some(h) = &c.health {
                 let _ = writeln!(out, "\n[lock-coordinator.health-check]");
@@ -291,7 +390,7 @@ fn validate(raw: RawConfig, base: &Path, path: &Path) -> Result<Config, Bad> {
     for c in raw.lock_coordinator {
         let c = c.into_inner();
         let name_span = c.name.span();
-        let name = non_empty(c.name, "name")?;
+        let name = non_empty(c.name.clone(), "name")?;
         if coordinators.iter().any(|o| o.name == name) {
             return Err(bad(
                 name_span,
@@ -300,7 +399,7 @@ fn validate(raw: RawConfig, base: &Path, path: &Path) -> Result<Config, Bad> {
             ));
         }
         let lock_id_span = c.lock_id.span();
-        let lock_id = non_empty(c.lock_id, "lock-id")?;
+        let lock_id = non_empty(c.lock_id.clone(), "lock-id")?;
         if lock_id.contains('/') || lock_id == "." || lock_id == ".." || lock_id.contains('\0') {
             return Err(bad(
                 lock_id_span,
@@ -308,11 +407,46 @@ fn validate(raw: RawConfig, base: &Path, path: &Path) -> Result<Config, Bad> {
                 "must be a plain name (it names a file or znode): no '/', not '.' or '..'",
             ));
         }
-        let check_period = positive_ms(c.check_period, "check-period", DEFAULT_CHECK_PERIOD_MS)?;
+        let check_period = positive_ms(
+            c.check_period.clone(),
+            "check-period",
+            DEFAULT_CHECK_PERIOD_MS,
+        )?;
         let kind_span = c.kind.span();
-        let backend = match c.kind.get_ref().as_str() {
+        let kind = c.kind.get_ref().as_str();
+        // Keys of the other backend are refused by name.
+        let zk_keys = [
+            (
+                "connect-string",
+                c.connect_string.as_ref().map(Spanned::span),
+            ),
+            ("namespace", c.namespace.as_ref().map(Spanned::span)),
+            ("session-ms", c.session_ms.as_ref().map(Spanned::span)),
+            (
+                "session-percent",
+                c.session_percent.as_ref().map(Spanned::span),
+            ),
+            ("connection-ms", c.connection_ms.as_ref().map(Spanned::span)),
+            ("retries", c.retries.as_ref().map(Spanned::span)),
+            ("retries-ms", c.retries_ms.as_ref().map(Spanned::span)),
+        ];
+        let file_keys = [("locks-folder", c.locks_folder.as_ref().map(Spanned::span))];
+        let foreign = match kind {
+            "file" => &zk_keys[..],
+            "zookeeper" => &file_keys[..],
+            _ => &[][..],
+        };
+        if let Some((key, Some(span))) = foreign.iter().find(|(_, s)| s.is_some()) {
+            let owner = if kind == "file" { "zookeeper" } else { "file" };
+            return Err(bad(
+                span.clone(),
+                key,
+                format!("`{key}` belongs to lock-coordinators of type \"{owner}\", not \"{kind}\""),
+            ));
+        }
+        let backend = match kind {
             "file" => {
-                let folder = c.locks_folder.ok_or_else(|| {
+                let folder = c.locks_folder.clone().ok_or_else(|| {
                     bad(
                         kind_span.clone(),
                         "locks-folder",
@@ -335,22 +469,16 @@ fn validate(raw: RawConfig, base: &Path, path: &Path) -> Result<Config, Bad> {
                     locks_folder: folder,
                 }
             }
-            "zookeeper" => {
-                return Err(bad(
-                    kind_span,
-                    "type",
-                    "type \"zookeeper\" is not supported by this build yet; use \"file\"",
-                ));
-            }
+            "zookeeper" => BackendConfig::ZooKeeper(validate_zk(&c, kind_span)?),
             other => {
                 return Err(bad(
                     kind_span,
                     "type",
-                    format!("unknown lock type \"{other}\"; expected \"file\""),
+                    format!("unknown lock type \"{other}\"; expected \"file\" or \"zookeeper\""),
                 ));
             }
         };
-        let health = match c.health_check {
+        let health = match c.health_check.clone() {
             Some(h) => Some(validate_health(h.into_inner())?),
             None => None,
         };
@@ -461,6 +589,110 @@ fn validate(raw: RawConfig, base: &Path, path: &Path) -> Result<Config, Bad> {
         coordinators,
         routes,
     })
+}
+
+fn validate_zk(c: &RawCoordinator, kind_span: Range<usize>) -> Result<ZkConfig, Bad> {
+    let required = |v: &Option<Spanned<String>>, key: &str| -> Result<String, Bad> {
+        match v {
+            Some(v) if !v.get_ref().trim().is_empty() => Ok(v.get_ref().trim().to_owned()),
+            Some(v) => Err(bad(v.span(), key, "must not be empty")),
+            None => Err(bad(
+                kind_span.clone(),
+                key,
+                format!("a lock-coordinator of type \"zookeeper\" needs `{key}`"),
+            )),
+        }
+    };
+    let connect_string = required(&c.connect_string, "connect-string")?;
+    let cs_span = c
+        .connect_string
+        .as_ref()
+        .map_or(kind_span.clone(), Spanned::span);
+    let hosts = connect_string.split('/').next().unwrap_or_default();
+    if let Some(h) = hosts.split(',').find(|h| !has_port(h.trim())) {
+        return Err(bad(
+            cs_span,
+            "connect-string",
+            format!(
+                "\"{h}\" needs a host and port, like \"127.0.0.1:2181\" (hosts separated by commas)"
+            ),
+        ));
+    }
+    let ns_span = c
+        .namespace
+        .as_ref()
+        .map_or(kind_span.clone(), Spanned::span);
+    let namespace = required(&c.namespace, "namespace")?
+        .trim_matches('/')
+        .to_owned();
+    if namespace.is_empty()
+        || namespace
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == ".." || p == "zookeeper")
+    {
+        return Err(bad(
+            ns_span,
+            "namespace",
+            "must be a znode path like \"lockgate\" or \"prod/lockgate\" (no empty, '.', '..' or 'zookeeper' parts)",
+        ));
+    }
+    let copy = |v: &Option<Spanned<u64>>| v.as_ref().map(|v| Spanned::new(v.span(), *v.get_ref()));
+    let session = positive_ms(copy(&c.session_ms), "session-ms", DEFAULT_ZK_SESSION_MS)?;
+    let connection = positive_ms(
+        copy(&c.connection_ms),
+        "connection-ms",
+        DEFAULT_ZK_CONNECTION_MS,
+    )?;
+    let retries_wait = positive_ms(copy(&c.retries_ms), "retries-ms", DEFAULT_ZK_RETRIES_MS)?;
+    let session_percent = match &c.session_percent {
+        Some(p) if *p.get_ref() == 0 || *p.get_ref() > 100 => {
+            return Err(bad(p.span(), "session-percent", "must be from 1 to 100"));
+        }
+        Some(p) => *p.get_ref(),
+        None => DEFAULT_ZK_SESSION_PERCENT,
+    };
+    let zk = ZkConfig {
+        connect_string,
+        namespace,
+        session,
+        session_percent,
+        connection,
+        retries: c
+            .retries
+            .as_ref()
+            .map_or(DEFAULT_ZK_RETRIES, |r| *r.get_ref()),
+        retries_wait,
+    };
+    let f = zk.fencing(session);
+    if !f.is_safe() {
+        let span = c
+            .session_ms
+            .as_ref()
+            .or(c.connection_ms.as_ref())
+            .map_or(kind_span, Spanned::span);
+        let key = if c.session_ms.is_some() {
+            "session-ms"
+        } else {
+            "connection-ms"
+        };
+        return Err(bad(
+            span,
+            key,
+            format!(
+                "no safe fencing: with session S = {} ms and connection C = {} ms, a holder cut off from ZooKeeper learns it only C after its last contact, and the server gives the lock away S after it; S - C leaves {} ms, less than the {} ms needed to fence in time (one client tick C/8 plus {} ms slack). Raise session-ms or lower connection-ms.",
+                ms(f.session),
+                ms(f.connection),
+                ms(f.session.saturating_sub(f.connection)),
+                ms(f.required_margin),
+                ms(ZK_SCHEDULING_SLACK)
+            ),
+        ));
+    }
+    Ok(zk)
+}
+
+fn ms(d: Duration) -> u128 {
+    d.as_millis()
 }
 
 fn validate_health(h: RawHealth) -> Result<HealthConfig, Bad> {

@@ -19,15 +19,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::CoordinatorConfig;
-use crate::lock::{Lock, LockError};
+use crate::lease::Lease;
+use crate::lock::{Lock, LockError, LockEvent};
 use crate::metrics as m;
 use crate::systemd;
 
 /// The routes a lock gates, seen from the coordinator.
 pub trait Gate: Send {
-    /// Binds every gated route in order. On error nothing stays bound; the message says
-    /// which route failed and why, in plain words.
-    fn open(&mut self, term: u64) -> impl Future<Output = Result<(), String>> + Send;
+    /// Binds every gated route in order; their connections forward only while `lease` is
+    /// valid. On error nothing stays bound; the message says which route failed and why, in
+    /// plain words.
+    fn open(&mut self, term: u64, lease: Lease) -> impl Future<Output = Result<(), String>> + Send;
     /// Closes every listener (reverse order) and resets every connection they carried;
     /// returns only when none is left. `reason` labels the killed connections.
     fn close(&mut self, reason: &'static str) -> impl Future<Output = ()> + Send;
@@ -131,7 +133,10 @@ impl<G: Gate> Coordinator<G> {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                r = self.lock.acquired(), if self.contending => self.on_acquired(r).await,
+                e = self.lock.event(self.held), if self.contending || self.held => match e {
+                    LockEvent::Acquired(r) => self.on_acquired(r).await,
+                    LockEvent::Lost(e) => self.lost(e).await,
+                },
                 r = self.health.changed(), if health_open => {
                     if r.is_err() {
                         health_open = false;
@@ -200,7 +205,8 @@ impl<G: Gate> Coordinator<G> {
                 self.held = true;
                 self.last_error = None;
                 let started = Instant::now();
-                match self.gate.open(term).await {
+                let lease = self.lock.lease();
+                match self.gate.open(term, lease).await {
                     Ok(()) => {
                         let open_us = started.elapsed().as_micros() as u64;
                         info!(lock = %name, term, reason = "acquired", open_us, "lock acquired: gated routes are open");

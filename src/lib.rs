@@ -2,7 +2,9 @@
 //!
 //! Crate map (dependencies run one way; only `app` knows everyone):
 //! - [`config`]: raw TOML → validated [`config::Config`], errors with file, line and key.
-//! - [`lock`]: lock backends behind one enum ([`lock::file`]: `flock` in a shared folder).
+//! - [`lock`]: lock backends behind one enum ([`lock::file`]: `flock` in a shared folder;
+//!   [`lock::zookeeper`]: ephemeral-sequential nodes, fencing before the session can expire).
+//! - [`lease`]: until when a holder may forward without confirming its lock again.
 //! - [`health`]: the local broker's probe, with rise/fall.
 //! - [`coordinator`]: contends while healthy; opens its [`coordinator::Gate`] only while it
 //!   holds the lock and closes it before the lock can go elsewhere.
@@ -19,6 +21,7 @@ pub mod config;
 pub mod coordinator;
 pub mod forward;
 pub mod health;
+pub mod lease;
 pub mod lock;
 pub mod metrics;
 pub mod route;

@@ -69,7 +69,17 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Status { .. } => {
-            print!("{}", lockgate::status::report(&config));
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("lockgate: cannot start the runtime: {e}");
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
+            };
+            print!("{}", runtime.block_on(lockgate::status::report(&config)));
             ExitCode::SUCCESS
         }
         Command::Run { .. } => run(config),

@@ -9,6 +9,7 @@ pub const LOCK_HELD: &str = "lockgate_lock_held";
 pub const LOCK_TERM: &str = "lockgate_lock_term";
 pub const LOCK_TRANSITIONS: &str = "lockgate_lock_transitions_total";
 pub const LOCK_BACKEND_ERRORS: &str = "lockgate_lock_backend_errors_total";
+pub const LOCK_BACKEND_UP: &str = "lockgate_lock_backend_up";
 pub const HEALTH_CHECK_UP: &str = "lockgate_health_check_up";
 pub const HEALTH_CHECK_FAILURES: &str = "lockgate_health_check_failures_total";
 pub const ROUTE_LISTENING: &str = "lockgate_route_listening";
@@ -22,6 +23,10 @@ pub const ACCEPT_ERRORS: &str = "lockgate_accept_errors_total";
 
 /// Registers help text and units; call once at start.
 pub fn describe() {
+    describe_gauge!(
+        LOCK_BACKEND_UP,
+        "1 while the lock service (ZooKeeper) is reachable."
+    );
     describe_gauge!(LOCK_HELD, "1 while this node holds the lock, else 0.");
     describe_gauge!(
         LOCK_TERM,

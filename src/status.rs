@@ -1,22 +1,26 @@
-//! `lockgate status`: who holds each lock now, read from the owner record, whether or not a
-//! daemon runs here.
+//! `lockgate status`: who holds each lock now, read from the owner record (and for ZooKeeper
+//! the standbys queued behind it), whether or not a daemon runs here.
 
 use std::fmt::Write as _;
 
 use crate::config::Config;
 use crate::lock::{self, Observed, OwnerRecord};
 
-/// One line per lock coordinator.
-pub fn report(config: &Config) -> String {
+/// One line per lock coordinator (plus one per queued standby).
+pub async fn report(config: &Config) -> String {
     let now = lock::unix_ms_now();
     let mut out = String::new();
     for c in &config.coordinators {
-        let line = match lock::observe(c) {
-            Ok(Observed::Held(Some(r))) => format!("held by {}", describe(&r, now)),
-            Ok(Observed::Held(None)) => "held (owner record not readable yet)".to_owned(),
-            Ok(Observed::Free(Some(r))) => format!("free (last held by {})", describe(&r, now)),
-            Ok(Observed::Free(None)) | Ok(Observed::Absent) => "free (never held)".to_owned(),
-            Err(e) => format!("unknown: {e}"),
+        let (line, queue) = match lock::observe(c).await {
+            Ok((Observed::Held(Some(r)), q)) => (format!("held by {}", describe(&r, now)), q),
+            Ok((Observed::Held(None), q)) => ("held (owner record not readable yet)".to_owned(), q),
+            Ok((Observed::Free(Some(r)), q)) => {
+                (format!("free (last held by {})", describe(&r, now)), q)
+            }
+            Ok((Observed::Free(None), q)) | Ok((Observed::Absent, q)) => {
+                ("free (never held)".to_owned(), q)
+            }
+            Err(e) => (format!("unknown: {e}"), Vec::new()),
         };
         let _ = writeln!(
             out,
@@ -25,6 +29,16 @@ pub fn report(config: &Config) -> String {
             c.backend.type_name(),
             c.lock_id
         );
+        for (i, r) in queue.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "  standby {}: node {} (host {}, pid {})",
+                i + 1,
+                r.node_id,
+                r.host,
+                r.pid
+            );
+        }
     }
     out
 }

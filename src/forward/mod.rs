@@ -16,6 +16,8 @@ use metrics::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::lease::Lease;
+
 /// Size of the buffer of each direction.
 const BUFFER_BYTES: usize = 16 * 1024;
 
@@ -45,6 +47,8 @@ pub enum ForwardError {
     },
     #[error("connection stayed half-closed for longer than {0:?}")]
     HalfCloseTimeout(Duration),
+    #[error("the lease to forward ran out (lock not confirmed in time)")]
+    LeaseExpired,
 }
 
 /// Bytes moved in each direction.
@@ -67,6 +71,7 @@ pub async fn forward(
     upstream: &mut TcpStream,
     half_close_timeout: Duration,
     counters: &Counters,
+    lease: &Lease,
 ) -> Result<Totals, ForwardError> {
     let (mut dr, mut dw) = downstream.split();
     let (mut ur, mut uw) = upstream.split();
@@ -76,6 +81,7 @@ pub async fn forward(
         &mut uw,
         Side::Upstream,
         &counters.to_upstream,
+        lease,
     );
     let down = pump(
         &mut ur,
@@ -83,6 +89,7 @@ pub async fn forward(
         &mut dw,
         Side::Downstream,
         &counters.to_downstream,
+        lease,
     );
     tokio::pin!(up, down);
     let mut totals = Totals::default();
@@ -110,6 +117,7 @@ async fn pump<R, W>(
     writer: &mut W,
     to: Side,
     counter: &Counter,
+    lease: &Lease,
 ) -> Result<u64, ForwardError>
 where
     R: AsyncRead + Unpin,
@@ -128,6 +136,10 @@ where
                 .await
                 .map_err(|source| ForwardError::Io { side: to, source })?;
             return Ok(total);
+        }
+        // A holder frozen past its lease forwards nothing when it wakes.
+        if !lease.is_valid() {
+            return Err(ForwardError::LeaseExpired);
         }
         writer
             .write_all(&buf[..n])

@@ -5,12 +5,14 @@
 //! ([`Lock::release`]). None of them may hang: each bounds its own I/O.
 
 pub mod file;
+pub mod zookeeper;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::{BackendConfig, CoordinatorConfig};
+use crate::lease::Lease;
 
 /// Who holds a lock, written by the holder right after acquiring, read by `lockgate status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +73,16 @@ pub enum LockError {
     Replaced(String),
     #[error("lock file {0} was removed")]
     Removed(String),
+    #[error("ZooKeeper unreachable: {0}")]
+    Unreachable(String),
+    #[error("ZooKeeper: {0}")]
+    ZooKeeper(String),
+    #[error("ZooKeeper session ended ({0})")]
+    SessionEnded(String),
+    #[error("our lock node {0} was deleted")]
+    NodeDeleted(String),
+    #[error("no confirmed contact with the lock service within the fencing limit")]
+    LeaseExpired,
 }
 
 impl LockError {
@@ -81,13 +93,26 @@ impl LockError {
             LockError::Timeout { .. } => "io_timeout",
             LockError::Replaced(_) => "inode_changed",
             LockError::Removed(_) => "removed",
+            LockError::Unreachable(_) => "unreachable",
+            LockError::ZooKeeper(_) => "zookeeper_error",
+            LockError::SessionEnded(_) => "session_ended",
+            LockError::NodeDeleted(_) => "node_deleted",
+            LockError::LeaseExpired => "lease_expired",
         }
     }
+}
+
+/// What a backend reports between the coordinator's own calls.
+#[derive(Debug)]
+pub enum LockEvent {
+    Acquired(Result<u64, LockError>),
+    Lost(LockError),
 }
 
 /// The configured backend.
 pub enum Lock {
     File(file::FileLock),
+    ZooKeeper(zookeeper::ZkLock),
 }
 
 impl Lock {
@@ -98,6 +123,12 @@ impl Lock {
                 &cfg.lock_id,
                 cfg.io_timeout(),
             )),
+            BackendConfig::ZooKeeper(z) => Lock::ZooKeeper(zookeeper::ZkLock::new(
+                z,
+                &cfg.name,
+                &cfg.lock_id,
+                cfg.check_period,
+            )),
         }
     }
 
@@ -105,6 +136,7 @@ impl Lock {
     pub fn contend(&mut self, node_id: &str, last_term: u64) {
         match self {
             Lock::File(l) => l.contend(node_id, last_term),
+            Lock::ZooKeeper(l) => l.contend(node_id, last_term),
         }
     }
 
@@ -113,6 +145,7 @@ impl Lock {
     pub async fn acquired(&mut self) -> Result<u64, LockError> {
         match self {
             Lock::File(l) => l.acquired().await,
+            Lock::ZooKeeper(l) => l.acquired().await,
         }
     }
 
@@ -120,6 +153,7 @@ impl Lock {
     pub fn withdraw(&mut self) {
         match self {
             Lock::File(l) => l.withdraw(),
+            Lock::ZooKeeper(l) => l.withdraw(),
         }
     }
 
@@ -127,6 +161,7 @@ impl Lock {
     pub async fn check(&mut self) -> Result<(), LockError> {
         match self {
             Lock::File(l) => l.check().await,
+            Lock::ZooKeeper(l) => l.check(),
         }
     }
 
@@ -134,6 +169,7 @@ impl Lock {
     pub async fn release(&mut self) {
         match self {
             Lock::File(l) => l.release().await,
+            Lock::ZooKeeper(l) => l.release().await,
         }
     }
 
@@ -141,6 +177,33 @@ impl Lock {
     pub fn describe(&self) -> String {
         match self {
             Lock::File(l) => l.path().display().to_string(),
+            Lock::ZooKeeper(l) => l.describe(),
+        }
+    }
+
+    /// The next event: while `held`, a loss; otherwise the lock arriving (or failing to).
+    pub async fn event(&mut self, held: bool) -> LockEvent {
+        if held {
+            LockEvent::Lost(self.lost().await)
+        } else {
+            LockEvent::Acquired(self.acquired().await)
+        }
+    }
+
+    /// Resolves when a held lock is lost between checks. The file lock is checked on ticks
+    /// only, so it never resolves here.
+    pub async fn lost(&mut self) -> LockError {
+        match self {
+            Lock::File(_) => std::future::pending().await,
+            Lock::ZooKeeper(l) => l.lost().await,
+        }
+    }
+
+    /// The lease the data path checks before forwarding.
+    pub fn lease(&self) -> Lease {
+        match self {
+            Lock::File(_) => Lease::unlimited(),
+            Lock::ZooKeeper(l) => l.lease(),
         }
     }
 }
@@ -156,9 +219,17 @@ pub enum Observed {
     Absent,
 }
 
-/// Reads the holder of a lock without taking part in the contention.
-pub fn observe(cfg: &CoordinatorConfig) -> Result<Observed, LockError> {
+/// Reads the holder of a lock (and for ZooKeeper the queue of standbys) without taking part
+/// in the contention.
+pub async fn observe(cfg: &CoordinatorConfig) -> Result<(Observed, Vec<OwnerRecord>), LockError> {
     match &cfg.backend {
-        BackendConfig::File { locks_folder } => file::observe(&locks_folder.join(&cfg.lock_id)),
+        BackendConfig::File { locks_folder } => {
+            let path = locks_folder.join(&cfg.lock_id);
+            let observed = tokio::task::spawn_blocking(move || file::observe(&path))
+                .await
+                .map_err(|e| LockError::ZooKeeper(e.to_string()))??;
+            Ok((observed, Vec::new()))
+        }
+        BackendConfig::ZooKeeper(z) => zookeeper::observe(z, &cfg.lock_id).await,
     }
 }

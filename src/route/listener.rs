@@ -14,6 +14,7 @@ use tracing::{debug, warn};
 
 use crate::config::RouteConfig;
 use crate::forward::{self, Counters};
+use crate::lease::Lease;
 use crate::metrics as m;
 
 /// Pending connections the kernel queues for us.
@@ -109,6 +110,7 @@ pub async fn accept_loop(
     stop: CancellationToken,
     kill: CancellationToken,
     tracker: TaskTracker,
+    lease: Lease,
 ) {
     let name = route.cfg.name.as_str();
     let mut backoff = Duration::ZERO;
@@ -122,7 +124,13 @@ pub async fn accept_loop(
             Ok((stream, peer)) => {
                 backoff = Duration::ZERO;
                 route.connections.increment(1);
-                tracker.spawn(serve(stream, peer, route.clone(), kill.clone()));
+                tracker.spawn(serve(
+                    stream,
+                    peer,
+                    route.clone(),
+                    kill.clone(),
+                    lease.clone(),
+                ));
             }
             Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {
                 route.accept_errors_other.increment(1);
@@ -164,6 +172,7 @@ async fn serve(
     peer: SocketAddr,
     route: Arc<RouteRuntime>,
     kill: CancellationToken,
+    lease: Lease,
 ) {
     route.active.increment(1.0);
     let _active = ActiveGuard(route.active.clone());
@@ -203,7 +212,7 @@ async fn serve(
     tune(&upstream);
     let result = tokio::select! {
         _ = kill.cancelled() => None,
-        r = forward::forward(&mut downstream, &mut upstream, route.cfg.half_close_timeout, &route.counters) => Some(r),
+        r = forward::forward(&mut downstream, &mut upstream, route.cfg.half_close_timeout, &route.counters, &lease) => Some(r),
     };
     match result {
         Some(Ok(t)) => {

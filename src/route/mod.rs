@@ -19,6 +19,7 @@ use tracing::{info, warn};
 
 use crate::config::RouteConfig;
 use crate::coordinator::Gate;
+use crate::lease::Lease;
 use crate::metrics as m;
 use listener::RouteRuntime;
 
@@ -34,7 +35,7 @@ struct Bound {
 }
 
 impl Bound {
-    fn bind(route: &Arc<RouteRuntime>) -> std::io::Result<Bound> {
+    fn bind(route: &Arc<RouteRuntime>, lease: Lease) -> std::io::Result<Bound> {
         let listener = listener::bind(route.cfg.listen)?;
         let stop_accepting = CancellationToken::new();
         let kill = CancellationToken::new();
@@ -45,6 +46,7 @@ impl Bound {
             stop_accepting.clone(),
             kill.clone(),
             conns.clone(),
+            lease,
         ));
         route.listening.set(1.0);
         info!(route = %route.cfg.name, listen = %route.cfg.listen, forward_to = %route.cfg.forward_to, "route listening");
@@ -107,7 +109,7 @@ impl OpenRoute {
     /// Binds now; a failure is fatal at start-up and says which route and why.
     pub fn start(cfg: RouteConfig) -> anyhow::Result<OpenRoute> {
         let route = RouteRuntime::new(cfg);
-        let bound = Bound::bind(&route)
+        let bound = Bound::bind(&route, Lease::unlimited())
             .map_err(|e| anyhow::anyhow!(listener::explain(&e)))
             .with_context(|| {
                 format!(
@@ -151,12 +153,12 @@ impl GatedRoutes {
 }
 
 impl Gate for GatedRoutes {
-    async fn open(&mut self, _term: u64) -> Result<(), String> {
+    async fn open(&mut self, _term: u64, lease: Lease) -> Result<(), String> {
         for route in &self.routes {
             if self.bound.iter().any(|b| Arc::ptr_eq(&b.route, route)) {
                 continue;
             }
-            match Bound::bind(route) {
+            match Bound::bind(route, lease.clone()) {
                 Ok(b) => self.bound.push(b),
                 Err(e) => {
                     metrics::counter!(m::ROUTE_BIND_ERRORS, "route" => route.cfg.name.clone(), "reason" => format!("{:?}", e.kind()))
