@@ -72,6 +72,7 @@ async fn run_once(case: &Case) -> Duration {
             check_period_ms: case.check_period_ms,
             health: case.health,
             extra: String::new(),
+            zookeeper: None,
         }
         .write(dir.path())
     };

@@ -342,31 +342,74 @@ impl Config {
     }
 }
 
-/// Worst-case takeover times of one coordinator, as `lockgate check` prints them.
+/// Worst-case times of one coordinator, as `lockgate check` prints them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailoverBounds {
-    /// Holder process dies (or shuts down): the kernel frees the flock at once; a standby
-    /// finds it free at its next attempt, at most one check-period later.
+    /// The holder's process dies. File: the kernel frees the flock and a standby blocked on it
+    /// takes it at once (zero here; milliseconds in practice). ZooKeeper: the server gives the
+    /// lock away when the session expires, S after the holder's last contact.
     pub holder_dies: Duration,
+    /// The holder shuts down cleanly (SIGTERM): it releases at once (deletes its node), so the
+    /// standby takes over at once.
+    pub holder_stops: Duration,
     /// The holder's broker dies: `fall` failed probes (each up to `timeout`, one per
-    /// `interval`), then the holder releases, then the standby's next attempt.
+    /// `interval`), then the holder releases and the waiting standby takes over at once.
     pub broker_dies: Option<Duration>,
-    /// The lock is lost under the holder (file replaced or storage hung): detected at the
-    /// holder's next check, whose I/O may take up to one check-period before it fences.
-    pub loss_detected: Duration,
+    /// The lock is lost under the holder: it stops serving within this. File (file replaced,
+    /// storage hung): its next check plus that check's I/O bound. ZooKeeper (partition,
+    /// ensemble down, frozen process): F after its last confirmed contact.
+    pub fence_within: Duration,
 }
 
 impl CoordinatorConfig {
     pub fn failover_bounds(&self) -> FailoverBounds {
         let p = self.check_period;
+        let (holder_dies, fence_within) = match &self.backend {
+            BackendConfig::File { .. } => (Duration::ZERO, p + self.io_timeout()),
+            BackendConfig::ZooKeeper(z) => (z.session, z.fencing(z.session).fence_after),
+        };
         FailoverBounds {
-            holder_dies: p,
+            holder_dies,
+            holder_stops: Duration::ZERO,
             broker_dies: self
                 .health
                 .as_ref()
-                .map(|h| h.interval * h.fall + h.timeout + p),
-            loss_detected: p + self.io_timeout(),
+                .map(|h| h.interval * h.fall + h.timeout),
+            fence_within,
         }
+    }
+
+    /// The failover arithmetic in words, one line each, for `lockgate check`.
+    pub fn explain_failover(&self) -> Vec<String> {
+        let b = self.failover_bounds();
+        let mut lines = Vec::new();
+        match &self.backend {
+            BackendConfig::File { .. } => {
+                lines.push("holder process dies or shuts down: the kernel frees its flock and the standby, blocked on the lock, takes it at once (milliseconds; check-period does not matter)".to_owned());
+                lines.push(format!("lock lost under the holder (file replaced or removed, storage hung): the holder fences within {} ms (check-period {} ms + I/O bound {} ms)", ms(b.fence_within), ms(self.check_period), ms(self.io_timeout())));
+                lines.push("holder frozen (SIGSTOP, VM pause): it keeps its flock, so no failover until it resumes or dies".to_owned());
+            }
+            BackendConfig::ZooKeeper(z) => {
+                let f = z.fencing(z.session);
+                lines.push(format!("session S = {} ms, connection timeout C = {} ms{}, fence after F = {} ms (session-percent {} %{}), margin S - C - F = {} ms (at least {} ms needed)",
+                    ms(f.session), ms(f.connection),
+                    if f.connection_ignored { format!(" (connection-ms {} is above 3/5 of S, which zookeeper-client ignores: it uses 2/5 of S)", ms(z.connection)) } else { String::new() },
+                    ms(f.fence_after), z.session_percent,
+                    if f.fence_after < z.session * z.session_percent / 100 { ", capped by the margin" } else { "" },
+                    ms(f.margin), ms(f.required_margin)));
+                lines.push(format!("holder process dies: the server expires its session, then the standby takes over: within {} ms (S, plus up to one server tick)", ms(b.holder_dies)));
+                lines.push("holder shuts down (SIGTERM): it deletes its node and the standby takes over at once".to_owned());
+                lines.push(format!("holder cut off from ZooKeeper (partition, ensemble down, frozen process): it fences within {} ms (F) of its last confirmed contact, {} ms before the server can give the lock away", ms(f.fence_after), ms(f.margin)));
+            }
+        }
+        match (&self.health, b.broker_dies) {
+            (Some(h), Some(t)) => lines.push(format!(
+                "holder's broker dies: the holder releases within {} ms (fall {} x interval {} ms + timeout {} ms) and the standby takes over at once",
+                ms(t), h.fall, ms(h.interval), ms(h.timeout)
+            )),
+            _ => lines.push("holder's broker dies: no health check, so no failover (add [lock-coordinator.health-check])".to_owned()),
+        }
+        lines
     }
 
     /// Deadline of one lock-file operation: a hung mount fences after this long.
@@ -821,6 +864,48 @@ fn locate(path: &Path, text: &str, b: Bad) -> ConfigError {
 mod tests {
     use super::*;
 
+    #[test]
+    fn zookeeper_fencing_arithmetic() {
+        let z = ZkConfig {
+            connect_string: "127.0.0.1:2181".into(),
+            namespace: "ns".into(),
+            session: Duration::from_millis(18_000),
+            session_percent: 33,
+            connection: Duration::from_millis(8_000),
+            retries: 1,
+            retries_wait: Duration::from_millis(1000),
+        };
+        // Artemis's defaults: F = 5940, margin = 18000 - 8000 - 5940.
+        let f = z.fencing(z.session);
+        assert_eq!(f.fence_after, Duration::from_millis(5940));
+        assert_eq!(f.margin, Duration::from_millis(4060));
+        assert!(f.is_safe());
+        // The crate ignores C above 3/5 S and uses 2/5 S.
+        let f = ZkConfig {
+            connection: Duration::from_millis(12_000),
+            ..z.clone()
+        }
+        .fencing(z.session);
+        assert!(f.connection_ignored);
+        assert_eq!(f.connection, Duration::from_millis(7200));
+        // A large percent is capped so the margin stays.
+        let f = ZkConfig {
+            session_percent: 90,
+            ..z.clone()
+        }
+        .fencing(z.session);
+        assert_eq!(f.margin, f.required_margin);
+        assert!(f.is_safe());
+        // No room at all: unsafe.
+        let f = ZkConfig {
+            session: Duration::from_millis(500),
+            connection: Duration::from_millis(300),
+            ..z
+        }
+        .fencing(Duration::from_millis(500));
+        assert!(!f.is_safe());
+    }
+
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_str(text, Path::new("/tmp/test.toml"))
     }
@@ -901,7 +986,8 @@ lock-coordinator = "clients-lock"
             fall: 2,
         });
         let b = c.failover_bounds();
-        assert_eq!(b.holder_dies, Duration::from_millis(1000));
-        assert_eq!(b.broker_dies, Some(Duration::from_millis(2250)));
+        assert_eq!(b.holder_dies, Duration::ZERO);
+        assert_eq!(b.broker_dies, Some(Duration::from_millis(1250)));
+        assert_eq!(b.fence_within, Duration::from_millis(2000));
     }
 }

@@ -243,10 +243,11 @@ impl<G: Gate> Coordinator<G> {
         let name = self.cfg.name.clone();
         warn!(lock = %name, term = self.term, reason = e.reason(), error = %e, "lock lost: fencing gated routes");
         self.gate.close("lock_lost").await;
-        self.lock.release().await;
         self.held = false;
+        // Fenced: say so now; giving back what is left of the lock may take a while.
         self.record_transition("standby", e.reason());
         self.publish_standby(&format!("lost: {}", e.reason()));
+        self.lock.release().await;
     }
 
     /// Gives the lock back: gate closed first, then the lock.

@@ -126,48 +126,16 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 
 fn check_report(config: &Config) -> String {
     use std::fmt::Write as _;
-    let ms = |d: std::time::Duration| d.as_millis();
     let mut out = format!(
         "# {}: valid\n# effective configuration (defaults filled in):\n\n{}",
         config.source.display(),
         config.render()
     );
     for c in &config.coordinators {
-        let b = c.failover_bounds();
         let _ = writeln!(out, "\n# failover arithmetic for lock \"{}\":", c.name);
-        let _ = writeln!(
-            out,
-            "#   holder process dies or shuts down: a standby serves within {} ms (its next attempt, one check-period)",
-            ms(b.holder_dies)
-        );
-        match (&c.health, b.broker_dies) {
-            (Some(h), Some(t)) => {
-                let _ = writeln!(
-                    out,
-                    "#   holder's broker dies: a standby serves within {} ms (fall {} x interval {} ms + timeout {} ms + check-period {} ms)",
-                    ms(t),
-                    h.fall,
-                    ms(h.interval),
-                    ms(h.timeout),
-                    ms(c.check_period)
-                );
-            }
-            _ => {
-                let _ = writeln!(
-                    out,
-                    "#   holder's broker dies: no health check, so no failover (add [lock-coordinator.health-check])"
-                );
-            }
+        for line in c.explain_failover() {
+            let _ = writeln!(out, "#   {line}");
         }
-        let _ = writeln!(
-            out,
-            "#   lock lost under the holder (file replaced, storage hung): holder fences within {} ms",
-            ms(b.loss_detected)
-        );
-        let _ = writeln!(
-            out,
-            "#   holder frozen (SIGSTOP, VM pause): it keeps the file lock, so no failover until it resumes or dies"
-        );
     }
     out
 }

@@ -66,7 +66,8 @@ fn shipped_configs_are_valid_and_explain_failover() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = vec![root.join("config/lockgate.toml")];
     files.extend(toml_files(&root.join("config/examples/ha-pair")));
-    assert!(files.len() >= 3, "{files:?}");
+    files.extend(toml_files(&root.join("config/examples/ha-pair-zookeeper")));
+    assert!(files.len() >= 5, "{files:?}");
     for file in files {
         let out = check(&file);
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -79,7 +80,7 @@ fn shipped_configs_are_valid_and_explain_failover() {
         assert!(stdout.contains("check-period = "), "{stdout}");
         assert!(stdout.contains("failover arithmetic"), "{stdout}");
         assert!(
-            stdout.contains("holder's broker dies: a standby serves within"),
+            stdout.contains("holder's broker dies: the holder releases within"),
             "{stdout}"
         );
     }

@@ -11,13 +11,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const PERIOD_MS: u64 = 500;
 
 struct Pair {
-    dir: tempfile::TempDir,
     up0: Upstream,
     up1: Upstream,
     port0: u16,
     port1: u16,
     node0: Node,
     node1: Node,
+    // Last: the nodes' logs live here, and are printed when a test fails.
+    dir: tempfile::TempDir,
 }
 
 /// Starts node0, waits until it holds the lock, then node1, waits until it stands by.
@@ -35,6 +36,7 @@ async fn pair(health: Option<(u64, u32, u32)>) -> Pair {
         check_period_ms: PERIOD_MS,
         health,
         extra: String::new(),
+        zookeeper: None,
     };
     let c0 = spec("node0", port0, &up0).write(dir.path());
     let c1 = spec("node1", port1, &up1).write(dir.path());
@@ -191,6 +193,7 @@ async fn port_in_use_hands_the_lock_to_the_peer() {
         check_period_ms: PERIOD_MS,
         health: None,
         extra: String::new(),
+        zookeeper: None,
     };
     let c0 = spec("node0", port0, &up0).write(dir.path());
     let c1 = spec("node1", port1, &up1).write(dir.path());

@@ -13,10 +13,11 @@ const SLOW_PERIOD_MS: u64 = 5000;
 const WELL_BEFORE_A_TICK: Duration = Duration::from_millis(2500);
 
 struct Pair {
-    _dir: tempfile::TempDir,
     up: [Upstream; 2],
     ports: [u16; 2],
     nodes: [Node; 2],
+    // Last: the nodes' logs live here, and are printed when a test fails.
+    _dir: tempfile::TempDir,
 }
 
 async fn pair(health: Option<(u64, u32, u32)>) -> Pair {
@@ -34,6 +35,7 @@ async fn pair(health: Option<(u64, u32, u32)>) -> Pair {
             check_period_ms: SLOW_PERIOD_MS,
             health,
             extra: String::new(),
+            zookeeper: None,
         }
         .write(dir.path())
     };

@@ -314,8 +314,23 @@ impl Session {
         // A generation we lost the lock in: never re-acquired until the coordinator contends
         // anew.
         let mut fenced: Option<u64> = None;
+        // Our nodes that could not be deleted yet (disconnected): deleted when connected, so
+        // we never queue behind ourselves.
+        let mut stale: Vec<String> = Vec::new();
         loop {
             let desired = self.desired.borrow_and_update().clone();
+            if connected && !stale.is_empty() {
+                let mut left = Vec::new();
+                for path in stale.drain(..) {
+                    match client.delete(&path, None).await {
+                        Ok(()) | Err(zk::Error::NoNode) => {
+                            info!(lock = %self.name, node = %path, "stale contender node deleted");
+                        }
+                        Err(_) => left.push(path),
+                    }
+                }
+                stale = left;
+            }
             // Align with what the coordinator wants.
             if !desired.want {
                 if let Some(n) = node.take() {
@@ -329,7 +344,8 @@ impl Session {
                             info!(lock = %self.name, node = %n.path, "contender node deleted");
                         }
                         Err(e) => {
-                            warn!(lock = %self.name, node = %n.path, error = %e, "cannot delete our contender node; it goes with the session");
+                            warn!(lock = %self.name, node = %n.path, error = %e, "cannot delete our contender node now; retrying when connected");
+                            stale.push(n.path);
                         }
                     }
                 }

@@ -16,6 +16,8 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+pub mod zk;
+
 /// The bound on every wait in these tests: generous, only there so a broken build fails
 /// instead of hanging.
 pub const BOUND: Duration = Duration::from_secs(30);
@@ -143,24 +145,30 @@ pub struct NodeSpec<'a> {
     pub health: Option<(u64, u32, u32)>,
     /// Extra TOML appended at the end (more routes).
     pub extra: String,
+    /// Use ZooKeeper instead of the file lock: the coordinator's TOML keys after `type`.
+    pub zookeeper: Option<String>,
 }
 
 impl NodeSpec<'_> {
     pub fn write(&self, dir: &Path) -> PathBuf {
+        let backend = match &self.zookeeper {
+            Some(keys) => format!("type = \"zookeeper\"\n{keys}\n"),
+            None => format!(
+                "type = \"file\"\nlocks-folder = \"{}\"\n",
+                self.locks.display()
+            ),
+        };
         let mut text = format!(
             r#"node-id = "{id}"
 shutdown-grace-ms = 2000
 
 [[lock-coordinator]]
 name = "clients-lock"
-type = "file"
 lock-id = "mirror-cluster-clients"
 check-period = {period}
-locks-folder = "{locks}"
-"#,
+{backend}"#,
             id = self.node_id,
             period = self.check_period_ms,
-            locks = self.locks.display(),
         );
         if let Some((interval, rise, fall)) = self.health {
             text += &format!(
@@ -271,6 +279,14 @@ impl Node {
                     self.log_text()
                 ),
             }
+        }
+    }
+
+    /// Collects notify lines for `d`, matching nothing (to observe that nothing happens).
+    pub async fn collect_for(&mut self, d: Duration) {
+        let deadline = tokio::time::Instant::now() + d;
+        while let Ok(Some(line)) = tokio::time::timeout_at(deadline, self.notes.recv()).await {
+            self.seen.push(line);
         }
     }
 

@@ -1,0 +1,381 @@
+//! The ZooKeeper lock against real ZooKeeper servers started here on loopback (Debian's
+//! `zookeeper` package): takeover after the holder dies, fencing before the session can expire
+//! (partition, frozen process, whole ensemble down), ensemble member loss without fencing, a
+//! lock node deleted by hand, ZooKeeper unreachable at start.
+//!
+//! The servers are JVMs: these tests run one at a time.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::zk::{Ensemble, Relay, available};
+use common::*;
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// S = 4000 ms, F = 25 % = 1000 ms, C = 1500 ms: margin 1500 ms.
+const FAST: &str =
+    "session-ms = 4000\nsession-percent = 25\nconnection-ms = 1500\nretries = 2\nretries-ms = 200";
+/// For ensembles, where a leader election takes about a second: S = 6000, F = 1980, C = 2000.
+const ENSEMBLE: &str =
+    "session-ms = 6000\nsession-percent = 33\nconnection-ms = 2000\nretries = 2\nretries-ms = 200";
+const F_FAST: Duration = Duration::from_millis(1000);
+const F_ENSEMBLE: Duration = Duration::from_millis(1980);
+/// Scheduling slack granted on top of F in the "fences within F" bounds.
+const SLACK: Duration = Duration::from_millis(1500);
+
+struct Pair {
+    _up: [Upstream; 2],
+    ports: [u16; 2],
+    nodes: [Node; 2],
+    configs: [std::path::PathBuf; 2],
+    // Last: the nodes' logs live here, and are printed when a test fails.
+    dir: tempfile::TempDir,
+}
+
+/// node0 (holding) and node1 (standing by); each connects through its own connect string.
+async fn pair(connect: [&str; 2], timing: &str) -> Pair {
+    let dir = tempfile::tempdir().unwrap();
+    let up = [Upstream::start().await, Upstream::start().await];
+    let ports = [free_port(), free_port()];
+    let config = |i: usize, id: &str| {
+        NodeSpec {
+            node_id: id,
+            locks: dir.path(),
+            client_port: ports[i],
+            upstream: up[i].addr,
+            check_period_ms: 500,
+            health: None,
+            extra: String::new(),
+            zookeeper: Some(format!(
+                "connect-string = \"{}\"\nnamespace = \"lockgate-test\"\n{timing}",
+                connect[i]
+            )),
+        }
+        .write(dir.path())
+    };
+    let configs = [config(0, "node0"), config(1, "node1")];
+    let mut node0 = Node::start("node0", &configs[0], dir.path()).await;
+    node0.wait_active().await;
+    let mut node1 = Node::start("node1", &configs[1], dir.path()).await;
+    node1.wait_standby("contending").await;
+    Pair {
+        dir,
+        _up: up,
+        ports,
+        nodes: [node0, node1],
+        configs,
+    }
+}
+
+fn never_two(r: &SamplerReport) {
+    assert!(r.samples > 0, "{r:?}");
+    assert_eq!(r.both, 0, "both nodes served at once: {r:?}");
+}
+
+/// 1. Holder SIGKILL: the standby takes over once the server expires the holder's session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holder_sigkill_fails_over_after_session_expiry() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    if !available() {
+        return;
+    }
+    let zk = Ensemble::start(1).await;
+    let cs = zk.connect_string();
+    let mut p = pair([&cs, &cs], FAST).await;
+    let mut sampler = Sampler::start(p.ports[0], p.ports[1]);
+    sampler.wait_for(|r| r.a_served > 0).await;
+    let fault = Instant::now();
+    p.nodes[0].signal(libc::SIGKILL);
+    p.nodes[0].wait_exit().await;
+    p.nodes[1].wait_active().await;
+    let took = fault.elapsed();
+    eprintln!("ZooKeeper takeover after holder SIGKILL (session 4000 ms): {took:?}");
+    sampler.wait_for(|r| r.b_served > 0).await;
+    never_two(&sampler.finish().await);
+    // `status` shows the holder from the owner record in its node.
+    let out = lockgate()
+        .arg("status")
+        .arg("--config")
+        .arg(&p.configs[0])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("held by node node1"), "{text}");
+}
+
+/// SIGTERM: the holder deletes its node on the way out, so the standby takes over at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holder_sigterm_hands_over_at_once() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    if !available() {
+        return;
+    }
+    let zk = Ensemble::start(1).await;
+    let cs = zk.connect_string();
+    let mut p = pair([&cs, &cs], FAST).await;
+    let mut sampler = Sampler::start(p.ports[0], p.ports[1]);
+    sampler.wait_for(|r| r.a_served > 0).await;
+    let fault = Instant::now();
+    p.nodes[0].signal(libc::SIGTERM);
+    p.nodes[1].wait_active().await;
+    eprintln!(
+        "ZooKeeper takeover after holder SIGTERM: {:?}",
+        fault.elapsed()
+    );
+    assert_eq!(p.nodes[0].wait_exit().await.code(), Some(0));
+    // Well under the session timeout: the node was deleted, not expired.
+    assert!(
+        fault.elapsed() < Duration::from_millis(3000),
+        "{:?}",
+        fault.elapsed()
+    );
+    never_two(&sampler.finish().await);
+}
+
+/// 2. The holder is partitioned from ZooKeeper (its relay black-holes): it fences before the
+/// server expires its session and the standby acquires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_holder_fences_before_the_standby_acquires() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    if !available() {
+        return;
+    }
+    let zk = Ensemble::start(1).await;
+    let relay = Relay::start(zk.client_port(0)).await;
+    let via_relay = format!("127.0.0.1:{}", relay.port);
+    let direct = zk.connect_string();
+    let mut p = pair([&via_relay, &direct], FAST).await;
+    let mut sampler = Sampler::start(p.ports[0], p.ports[1]);
+    sampler.wait_for(|r| r.a_served > 0).await;
+
+    let cut = Instant::now();
+    relay.blackhole();
+    p.nodes[0].wait_standby("lost:").await;
+    let fenced = cut.elapsed();
+    p.nodes[1].wait_active().await;
+    let acquired = cut.elapsed();
+    eprintln!("partition: holder fenced after {fenced:?}, standby acquired after {acquired:?}");
+    assert!(
+        fenced < acquired,
+        "the standby acquired ({acquired:?}) before the holder fenced ({fenced:?})"
+    );
+    assert!(
+        fenced <= F_FAST + SLACK,
+        "fenced after {fenced:?}, F is {F_FAST:?}"
+    );
+    sampler.wait_for(|r| r.b_served > 0).await;
+    never_two(&sampler.finish().await);
+}
+
+/// 5. The holder is frozen (SIGSTOP) past its session; the standby takes over; on SIGCONT the
+/// old holder fences before forwarding another byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_holder_fences_on_wake() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    if !available() {
+        return;
+    }
+    let zk = Ensemble::start(1).await;
+    let cs = zk.connect_string();
+    let mut p = pair([&cs, &cs], FAST).await;
+    let mut sampler = Sampler::start(p.ports[0], p.ports[1]);
+    sampler.wait_for(|r| r.a_served > 0).await;
+    // A client connected through the holder before the freeze.
+    let mut live = try_connect(p.ports[0], BOUND).await.unwrap();
+    p.nodes[0].signal(libc::SIGSTOP);
+    p.nodes[1].wait_active().await;
+    sampler.wait_for(|r| r.b_served > 0).await;
+    // The client writes while the holder is frozen; the bytes must not reach node0's broker.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    live.write_all(b"m999\n").await.unwrap();
+    p.nodes[0].signal(libc::SIGCONT);
+    p.nodes[0].wait_standby("lost:").await;
+    let mut buf = [0u8; 8];
+    let r = tokio::time::timeout(BOUND, live.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(
+        !matches!(r, Ok(n) if n > 0),
+        "the woken holder forwarded a reply: {r:?}"
+    );
+    assert!(
+        !p._up[0].messages().contains(&999),
+        "the woken holder forwarded stale bytes"
+    );
+    never_two(&sampler.finish().await);
+}
+
+/// 6. The holder's lock node is deleted by hand: it fences and contends again (behind the
+/// standby, which now holds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_lock_node_fences_the_holder() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    if !available() {
+        return;
+    }
+    let zk = Ensemble::start(1).await;
+    let cs = zk.connect_string();
+    let mut p = pair([&cs, &cs], FAST).await;
+    let client = zookeeper_client::Client::connect(&cs).await.unwrap();
+    let dir = "/lockgate-test/mirror-cluster-clients";
+    // Both contender nodes exist (node1 creates its own just after it starts contending).
+    let deadline = Instant::now() + BOUND;
+    let mut children = loop {
+        let c = client.list_children(dir).await.unwrap();
+        if c.len() == 2 {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "{c:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    children.sort();
+    client
+        .delete(&format!("{dir}/{}", children[0]), None)
+        .await
+        .unwrap();
+    p.nodes[0].wait_standby("lost: node_deleted").await;
+    p.nodes[1].wait_active().await;
+    // node0 contends again: a new node of its own, queued behind node1's.
+    p.nodes[0].wait_standby("contending").await;
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let now = client.list_children(dir).await.unwrap();
+        if now.len() == 2 && !now.contains(&children[0]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node0 did not contend again: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!serves(p.ports[0]).await);
+    let _ = &p.dir;
+}
+
+/// 3 and 4. A three-server ensemble: killing its leader moves the sessions without fencing or
+/// failover; stopping all of it fences every node within F; when it returns, exactly one node
+/// serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ensemble_member_loss_and_whole_ensemble_down() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    if !available() {
+        return;
+    }
+    if common::zk::external().is_some() {
+        eprintln!("skipped: the ensemble cases start and kill their own servers");
+        return;
+    }
+    let mut zk = Ensemble::start(3).await;
+    let cs = zk.connect_string();
+    let mut p = pair([&cs, &cs], ENSEMBLE).await;
+    let mut sampler = Sampler::start(p.ports[0], p.ports[1]);
+    sampler.wait_for(|r| r.a_served > 0).await;
+
+    // 3. The leader dies: the others elect a new one; sessions survive; nobody fences.
+    let leader = zk.leader().await;
+    zk.kill(leader);
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    for &i in &others {
+        zk.wait_serving(i).await;
+    }
+    // Watch for longer than F: node0 must keep serving, node1 must not take over.
+    let before = [p.nodes[0].seen.len(), p.nodes[1].seen.len()];
+    p.nodes[0].collect_for(F_ENSEMBLE * 2).await;
+    p.nodes[1].collect_for(Duration::ZERO).await;
+    for (i, node) in p.nodes.iter().enumerate() {
+        let new = &node.seen[before[i]..];
+        assert!(
+            !new.iter()
+                .any(|l| l.contains("lost:") || l.contains("active")),
+            "{} changed state after one member died: {new:?}",
+            node.name
+        );
+    }
+    assert!(
+        serves(p.ports[0]).await,
+        "node0 stopped serving after one member died"
+    );
+    zk.restart(leader).await;
+    zk.wait_serving(leader).await;
+
+    // 4. The whole ensemble goes down (the kills return once the servers have exited):
+    // node0 fences within F.
+    for i in 0..3 {
+        zk.kill(i);
+    }
+    let down = Instant::now();
+    p.nodes[0].wait_standby("lost:").await;
+    let fenced = down.elapsed();
+    eprintln!("whole ensemble down: holder fenced after {fenced:?} (F = {F_ENSEMBLE:?})");
+    assert!(fenced <= F_ENSEMBLE + SLACK, "fenced after {fenced:?}");
+    assert!(!serves(p.ports[0]).await && !serves(p.ports[1]).await);
+
+    // The ensemble returns: exactly one node serves again.
+    for i in 0..3 {
+        zk.restart(i).await;
+    }
+    for i in 0..3 {
+        zk.wait_serving(i).await;
+    }
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let (a, b) = (serves(p.ports[0]).await, serves(p.ports[1]).await);
+        assert!(!(a && b), "both serve after the ensemble returned");
+        if a || b {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nobody serves after the ensemble returned"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    never_two(&sampler.finish().await);
+}
+
+/// 7 (run time). ZooKeeper unreachable at start: lockgate starts, its open routes serve, it
+/// says so, and `status` says the lock is unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_zookeeper_does_not_block_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start().await;
+    let (gated, open) = (free_port(), free_port());
+    let dead = free_port();
+    let config = NodeSpec {
+        node_id: "node0",
+        locks: dir.path(),
+        client_port: gated,
+        upstream: up.addr,
+        check_period_ms: 500,
+        health: None,
+        extra: format!(
+            "\n[[route]]\nname = \"mirror\"\nlisten = \"127.0.0.1:{open}\"\nforward-to = \"{}\"\n",
+            up.addr
+        ),
+        zookeeper: Some(format!(
+            "connect-string = \"127.0.0.1:{dead}\"\nnamespace = \"lockgate-test\"\n{FAST}"
+        )),
+    }
+    .write(dir.path());
+    let node = Node::start("node0", &config, dir.path()).await;
+    wait_serving(open).await;
+    assert!(!serves(gated).await);
+    let out = lockgate()
+        .arg("status")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("unknown: ZooKeeper unreachable"), "{text}");
+    let deadline = Instant::now() + BOUND;
+    while !node.log_text().contains("cannot reach ZooKeeper") {
+        assert!(Instant::now() < deadline, "{}", node.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
