@@ -1,9 +1,10 @@
 //! Takeover time of the HA pair, per backend and fault, measured from the fault to the first
 //! accepted connection on the standby's client port, over many runs.
 //!
-//! Run: `cargo bench --bench takeover` (LOCKGATE_BENCH_RUNS=N to change the 50 runs per case).
-//! Prints a table with Artemis's expected figure beside each case and writes
-//! `target/takeover.json`.
+//! Run: `cargo bench --bench takeover` (LOCKGATE_BENCH_RUNS=N to change the 50 runs per case;
+//! ZooKeeper SIGKILL cases, which wait for a session to expire, run a fifth as many). The
+//! ZooKeeper cases need Debian's `zookeeper` package and are skipped without it. Prints a table
+//! with Artemis's expected figure beside each case and writes `target/takeover.json`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -12,6 +13,11 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use common::*;
+
+/// ZooKeeper timing for the bench: S = 2000 ms (the test server allows 1000..60000),
+/// C = 800 ms, F = 25 % = 500 ms.
+const ZK_SESSION_MS: u64 = 2000;
+const ZK_TIMING: &str = "session-ms = 2000\nsession-percent = 25\nconnection-ms = 800";
 
 #[derive(Clone, Copy)]
 enum Fault {
@@ -31,6 +37,8 @@ impl Fault {
 }
 
 struct Case {
+    /// `None`: the file lock; `Some(connect string)`: ZooKeeper.
+    zookeeper: Option<String>,
     fault: Fault,
     check_period_ms: u64,
     /// (interval-ms, rise, fall)
@@ -38,18 +46,31 @@ struct Case {
 }
 
 impl Case {
-    /// What Artemis's file lock coordinator would take: the standby notices at its next
-    /// check-period tick plus a 1 s tryLock (broker death: Artemis does not fail over at all
-    /// while the broker's JVM lives; for a dead JVM it is the same as a kill).
+    /// What Artemis would take: file lock, the standby's next check-period tick plus a 1 s
+    /// tryLock; ZooKeeper, the session timeout plus a check-period. (Broker death: Artemis
+    /// does not fail over while the broker's JVM lives; for a dead JVM it is as a kill.)
     fn artemis_ms(&self) -> u64 {
-        self.check_period_ms + 1000
+        match self.zookeeper {
+            None => self.check_period_ms + 1000,
+            Some(_) => ZK_SESSION_MS + self.check_period_ms,
+        }
+    }
+
+    fn backend(&self) -> &'static str {
+        if self.zookeeper.is_some() {
+            "zookeeper"
+        } else {
+            "file"
+        }
     }
 
     fn target(&self) -> String {
-        match (self.fault, self.health) {
-            (Fault::BrokerDeath, Some((interval, _, fall))) => {
+        match (self.fault, self.health, &self.zookeeper) {
+            (Fault::BrokerDeath, Some((interval, _, fall)), _) => {
                 format!("<= {} ms", interval * u64::from(fall) + 20)
             }
+            (Fault::Sigkill, _, Some(_)) => format!("bounded by the session, {ZK_SESSION_MS} ms"),
+            (Fault::Sigterm, _, Some(_)) => "<= 100 ms".to_owned(),
             _ => "median <= 20 ms, p99 <= 100 ms".to_owned(),
         }
     }
@@ -57,7 +78,7 @@ impl Case {
 
 /// One run: a fresh pair, node0 active, node1 standing by; inject the fault; time until
 /// node1's client port accepts.
-async fn run_once(case: &Case) -> Duration {
+async fn run_once(case: &Case, run: usize) -> Duration {
     let dir = tempfile::tempdir().unwrap();
     let locks = dir.path().join("locks");
     std::fs::create_dir(&locks).unwrap();
@@ -72,7 +93,13 @@ async fn run_once(case: &Case) -> Duration {
             check_period_ms: case.check_period_ms,
             health: case.health,
             extra: String::new(),
-            zookeeper: None,
+            // A namespace per run: a killed holder's node outlives its run until it expires.
+            zookeeper: case.zookeeper.as_ref().map(|cs| {
+                format!(
+                    "connect-string = \"{cs}\"\nnamespace = \"bench-{run}-{}\"\n{ZK_TIMING}",
+                    std::process::id()
+                )
+            }),
         }
         .write(dir.path())
     };
@@ -80,8 +107,16 @@ async fn run_once(case: &Case) -> Duration {
     let mut node0 = Node::start("node0", &c0, dir.path()).await;
     node0.wait_active().await;
     let mut node1 = Node::start("node1", &c1, dir.path()).await;
-    // The standby is contending (its waiter blocked on the lock) before the fault.
+    // The standby is contending (waiting on the lock) before the fault.
     node1.wait_standby("contending").await;
+    if case.zookeeper.is_some() {
+        // ... and its contender node exists (its log says so).
+        let deadline = Instant::now() + BOUND;
+        while !node1.log_text().contains("contending for the lock") {
+            assert!(Instant::now() < deadline, "node1 never created its node");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
     let fault = Instant::now();
     match case.fault {
         Fault::Sigkill => node0.signal(libc::SIGKILL),
@@ -111,38 +146,40 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);
-    let cases = [
-        Case {
-            fault: Fault::Sigkill,
-            check_period_ms: 1000,
-            health: None,
-        },
-        Case {
-            fault: Fault::Sigkill,
-            check_period_ms: 5000,
-            health: None,
-        },
-        Case {
-            fault: Fault::Sigterm,
-            check_period_ms: 1000,
-            health: None,
-        },
-        Case {
-            fault: Fault::Sigterm,
-            check_period_ms: 5000,
-            health: None,
-        },
-        Case {
-            fault: Fault::BrokerDeath,
-            check_period_ms: 1000,
-            health: Some((200, 1, 2)),
-        },
-        Case {
-            fault: Fault::BrokerDeath,
-            check_period_ms: 5000,
-            health: Some((200, 1, 2)),
-        },
+    let file = |fault, check_period_ms, health| Case {
+        zookeeper: None,
+        fault,
+        check_period_ms,
+        health,
+    };
+    let mut cases = vec![
+        file(Fault::Sigkill, 1000, None),
+        file(Fault::Sigkill, 5000, None),
+        file(Fault::Sigterm, 1000, None),
+        file(Fault::Sigterm, 5000, None),
+        file(Fault::BrokerDeath, 1000, Some((200, 1, 2))),
+        file(Fault::BrokerDeath, 5000, Some((200, 1, 2))),
     ];
+    // One ZooKeeper server for every ZooKeeper case.
+    let zk = if common::zk::available() {
+        Some(common::zk::Ensemble::start(1).await)
+    } else {
+        println!("(ZooKeeper is not installed: its cases are skipped)");
+        None
+    };
+    if let Some(zk) = &zk {
+        let z = |fault, check_period_ms, health| Case {
+            zookeeper: Some(zk.connect_string()),
+            fault,
+            check_period_ms,
+            health,
+        };
+        cases.push(z(Fault::Sigterm, 1000, None));
+        cases.push(z(Fault::Sigterm, 5000, None));
+        cases.push(z(Fault::BrokerDeath, 5000, Some((200, 1, 2))));
+        cases.push(z(Fault::Sigkill, 1000, None));
+        cases.push(z(Fault::Sigkill, 5000, None));
+    }
     let machine = format!(
         "{} cores, kernel {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -150,20 +187,20 @@ async fn main() {
             .unwrap_or_default()
             .trim()
     );
-    println!("takeover time, file lock, {runs} runs per case ({machine})\n");
+    println!("takeover time ({machine})\n");
     println!(
-        "{:<16} {:>8} {:>18} {:>9} {:>9} {:>9} {:>9}  {:>10}  target",
-        "fault", "period", "health", "min ms", "median", "p99", "max", "Artemis ms"
+        "{:<10} {:<15} {:>6} {:>18} {:>4} {:>8} {:>8} {:>8} {:>8}  {:>8}  target",
+        "backend", "fault", "period", "health", "runs", "min ms", "median", "p99", "max", "Artemis"
     );
-    let mut json = String::from("{\n  \"backend\": \"file\",\n");
-    let _ = writeln!(
-        json,
-        "  \"machine\": \"{machine}\",\n  \"runs\": {runs},\n  \"cases\": ["
-    );
+    let mut json = format!("{{\n  \"machine\": \"{machine}\",\n  \"cases\": [\n");
     for (n, case) in cases.iter().enumerate() {
-        let mut ms: Vec<f64> = Vec::with_capacity(runs);
-        for _ in 0..runs {
-            ms.push(run_once(case).await.as_secs_f64() * 1000.0);
+        let n_runs = match (&case.zookeeper, case.fault) {
+            (Some(_), Fault::Sigkill) => (runs / 5).max(3),
+            _ => runs,
+        };
+        let mut ms: Vec<f64> = Vec::with_capacity(n_runs);
+        for run in 0..n_runs {
+            ms.push(run_once(case, n * 1000 + run).await.as_secs_f64() * 1000.0);
         }
         ms.sort_by(f64::total_cmp);
         let (min, med, p99, max) = (
@@ -176,10 +213,12 @@ async fn main() {
             .health
             .map_or("-".to_owned(), |(i, r, f)| format!("{i}ms rise{r} fall{f}"));
         println!(
-            "{:<16} {:>8} {:>18} {:>9.1} {:>9.1} {:>9.1} {:>9.1}  {:>10}  {}",
+            "{:<10} {:<15} {:>6} {:>18} {:>4} {:>8.1} {:>8.1} {:>8.1} {:>8.1}  {:>8}  {}",
+            case.backend(),
             case.fault.name(),
             case.check_period_ms,
             health,
+            n_runs,
             min,
             med,
             p99,
@@ -189,7 +228,8 @@ async fn main() {
         );
         let _ = writeln!(
             json,
-            "    {{\"fault\": \"{}\", \"check_period_ms\": {}, \"health\": \"{health}\", \"min_ms\": {min:.2}, \"median_ms\": {med:.2}, \"p99_ms\": {p99:.2}, \"max_ms\": {max:.2}, \"artemis_ms\": {}}}{}",
+            "    {{\"backend\": \"{}\", \"fault\": \"{}\", \"check_period_ms\": {}, \"health\": \"{health}\", \"runs\": {n_runs}, \"min_ms\": {min:.2}, \"median_ms\": {med:.2}, \"p99_ms\": {p99:.2}, \"max_ms\": {max:.2}, \"artemis_ms\": {}}}{}",
+            case.backend(),
             case.fault.name(),
             case.check_period_ms,
             case.artemis_ms(),
