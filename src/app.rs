@@ -1,81 +1,340 @@
-//! Wiring: starts every task, owns their cancellation, orders shutdown.
+//! Wiring: starts every task, owns their cancellation, orders shutdown, applies reloads.
 //!
-//! Start: open routes bind (a failure is fatal), coordinators start, then READY=1.
+//! Start: metrics recorder, open routes (a bind failure is fatal), coordinators with their
+//! gated routes and health probes, the admin endpoint, then READY=1 (and WATCHDOG=1 pings when
+//! systemd asks for them).
+//! Reload (SIGHUP): the file is read again; a bad one is refused and the old config keeps
+//! running. Coordinators whose settings, gated routes or node-id changed are stopped (gate
+//! closed, lock released) before their replacement starts; open routes that went or changed
+//! stop accepting and drain; everything unchanged keeps running untouched.
 //! Stop: coordinators close their gated routes and release their locks (so the peer takes
 //! over), then open routes drain for up to `shutdown-grace-ms`.
 
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{error, info, warn};
 
-use crate::config::Config;
+use crate::admin::{self, LockEntry};
+use crate::config::{Config, CoordinatorConfig, RouteConfig};
 use crate::coordinator::Coordinator;
+use crate::route::listener::{self, RouteRuntime};
 use crate::route::{GatedRoutes, OpenRoute};
-use crate::{health, metrics, systemd};
+use crate::{health, metrics as m, systemd};
 
 /// Runs lockgate until `shutdown` completes, then stops in order and returns.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    metrics::describe();
-    metrics::build_info();
-    let stop = CancellationToken::new();
+    let (_keep, reloads) = mpsc::channel(1);
+    run_with_reload(config, shutdown, reloads).await
+}
 
-    let mut open = Vec::new();
-    for r in config.routes.iter().filter(|r| r.lock.is_none()) {
-        open.push(OpenRoute::start(r.clone())?);
-    }
-
-    let mut coordinators = Vec::new();
-    for c in &config.coordinators {
-        let routes: Vec<_> = config
-            .routes
-            .iter()
-            .filter(|r| r.lock.as_deref() == Some(c.name.as_str()))
-            .cloned()
-            .collect();
-        if routes.is_empty() {
-            tracing::warn!(lock = %c.name, "no route is gated by this lock; it is contended for nothing");
+/// As [`run`], and re-reads the config file each time `reloads` yields.
+pub async fn run_with_reload(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    mut reloads: mpsc::Receiver<()>,
+) -> anyhow::Result<()> {
+    let metrics = match m::install() {
+        Ok(h) => Some(h),
+        Err(e) => {
+            warn!(error = %e, "metrics recorder not installed; /metrics will be empty");
+            None
         }
-        let healthy = health::spawn(&c.name, c.health.clone(), stop.child_token());
-        let coordinator = Coordinator::new(
-            c.clone(),
-            config.node_id.clone(),
-            GatedRoutes::new(routes),
-            healthy,
-        );
-        coordinators.push(tokio::spawn(coordinator.run(stop.child_token())));
-    }
-
-    info!(node_id = %config.node_id, config = %config.source.display(), "lockgate ready");
+    };
+    let mut app = App::start(config, metrics).await?;
+    info!(node_id = %app.config.node_id, config = %app.config.source.display(), "lockgate ready");
     systemd::ready();
+    let watchdog = systemd::watchdog_interval().map(|every| {
+        info!(
+            interval_ms = every.as_millis() as u64,
+            "sending watchdog pings"
+        );
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                systemd::watchdog();
+            }
+        })
+    });
 
-    shutdown.await;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(()) = reloads.recv() => app.reload().await,
+        }
+    }
 
     info!("shutting down: closing gated routes and releasing locks");
     systemd::stopping();
-    stop.cancel();
-    for c in coordinators {
-        if let Err(e) = c.await {
-            tracing::error!(error = %e, "a lock coordinator ended abnormally");
-        }
-    }
-    for r in &mut open {
-        r.stop_accepting().await;
-    }
-    let left: usize = open.iter().map(OpenRoute::connections).sum();
-    info!(
-        connections = left,
-        grace_ms = config.shutdown_grace.as_millis() as u64,
-        "open routes closed; draining their connections"
-    );
-    systemd::status(&format!("draining {left} connections of open routes"));
-    let drains: Vec<_> = open
-        .into_iter()
-        .map(|r| tokio::spawn(r.drain(config.shutdown_grace)))
-        .collect();
-    for d in drains {
-        let _ = d.await;
+    app.stop().await;
+    if let Some(w) = watchdog {
+        w.abort();
     }
     info!("stopped");
     Ok(())
+}
+
+struct OpenEntry {
+    cfg: RouteConfig,
+    route: OpenRoute,
+}
+
+struct CoordinatorEntry {
+    cfg: CoordinatorConfig,
+    routes: Vec<RouteConfig>,
+    node_id: String,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+struct App {
+    config: Config,
+    open: BTreeMap<String, OpenEntry>,
+    coordinators: BTreeMap<String, CoordinatorEntry>,
+    admin: Arc<admin::State>,
+    admin_stop: CancellationToken,
+    /// Open routes removed or changed by a reload, still draining.
+    draining: Vec<JoinHandle<()>>,
+}
+
+fn gated_by(config: &Config, lock: &str) -> Vec<RouteConfig> {
+    config
+        .routes
+        .iter()
+        .filter(|r| r.lock.as_deref() == Some(lock))
+        .cloned()
+        .collect()
+}
+
+impl App {
+    async fn start(
+        config: Config,
+        metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    ) -> anyhow::Result<App> {
+        let token = config.admin.as_ref().and_then(|a| a.token.clone());
+        let admin = Arc::new(admin::State::new(metrics, token, &config.node_id));
+        let admin_stop = CancellationToken::new();
+        if let Some(a) = &config.admin {
+            let l = tokio::net::TcpListener::bind(a.listen)
+                .await
+                .map_err(|e| anyhow::anyhow!(listener::explain(&e)))
+                .with_context(|| format!("admin endpoint: cannot listen on {}", a.listen))?;
+            tokio::spawn(admin::serve(l, admin.clone(), admin_stop.clone()));
+        }
+        let mut app = App {
+            config: config.clone(),
+            open: BTreeMap::new(),
+            coordinators: BTreeMap::new(),
+            admin,
+            admin_stop,
+            draining: Vec::new(),
+        };
+        for r in config.routes.iter().filter(|r| r.lock.is_none()) {
+            app.start_open(r)?;
+        }
+        for c in &config.coordinators {
+            app.start_coordinator(c, gated_by(&config, &c.name), &config.node_id);
+        }
+        Ok(app)
+    }
+
+    fn start_open(&mut self, cfg: &RouteConfig) -> anyhow::Result<()> {
+        let runtime = RouteRuntime::new(cfg.clone());
+        let route = OpenRoute::start(runtime.clone())?;
+        if let Ok(mut routes) = self.admin.routes.write() {
+            routes.insert(cfg.name.clone(), runtime);
+        }
+        self.open.insert(
+            cfg.name.clone(),
+            OpenEntry {
+                cfg: cfg.clone(),
+                route,
+            },
+        );
+        Ok(())
+    }
+
+    fn start_coordinator(
+        &mut self,
+        c: &CoordinatorConfig,
+        routes: Vec<RouteConfig>,
+        node_id: &str,
+    ) {
+        if routes.is_empty() {
+            warn!(lock = %c.name, "no route is gated by this lock; it is contended for nothing");
+        }
+        let runtimes: Vec<Arc<RouteRuntime>> =
+            routes.iter().cloned().map(RouteRuntime::new).collect();
+        if let Ok(mut all) = self.admin.routes.write() {
+            for r in &runtimes {
+                all.insert(r.cfg.name.clone(), r.clone());
+            }
+        }
+        let stop = CancellationToken::new();
+        let healthy = health::spawn(&c.name, c.health.clone(), stop.clone());
+        let (coordinator, handle) = Coordinator::new(
+            c.clone(),
+            node_id.to_owned(),
+            GatedRoutes::new(runtimes),
+            healthy,
+        );
+        let task = tokio::spawn(coordinator.run(stop.clone()));
+        if let Ok(mut locks) = self.admin.locks.write() {
+            locks.insert(
+                c.name.clone(),
+                LockEntry {
+                    cfg: c.clone(),
+                    state: handle.state,
+                    commands: handle.commands,
+                },
+            );
+        }
+        self.coordinators.insert(
+            c.name.clone(),
+            CoordinatorEntry {
+                cfg: c.clone(),
+                routes,
+                node_id: node_id.to_owned(),
+                stop,
+                task,
+            },
+        );
+    }
+
+    /// Closes the coordinator's gate, releases its lock, and waits until it has.
+    async fn stop_coordinator(&mut self, name: &str) {
+        let Some(entry) = self.coordinators.remove(name) else {
+            return;
+        };
+        entry.stop.cancel();
+        if let Err(e) = entry.task.await {
+            error!(lock = %name, error = %e, "a lock coordinator ended abnormally");
+        }
+        if let Ok(mut locks) = self.admin.locks.write() {
+            locks.remove(name);
+        }
+        if let Ok(mut all) = self.admin.routes.write() {
+            for r in &entry.routes {
+                all.remove(&r.name);
+            }
+        }
+    }
+
+    async fn reload(&mut self) {
+        systemd::reloading();
+        info!(config = %self.config.source.display(), "reloading the configuration");
+        let new = match Config::load(&self.config.source) {
+            Ok(c) => c,
+            Err(e) => {
+                metrics::counter!(m::CONFIG_RELOAD_ERRORS).increment(1);
+                error!(error = %e, "reload refused; the running configuration stays");
+                systemd::status(&format!("reload failed: {e}"));
+                systemd::ready();
+                return;
+            }
+        };
+        if new.admin != self.config.admin {
+            warn!("changes to [admin] take effect at the next restart");
+        }
+        // Stop what went or changed, coordinators first (their gates close and their locks go
+        // before anything else may bind their ports).
+        let stale: Vec<String> = self
+            .coordinators
+            .iter()
+            .filter(|(name, e)| {
+                new.coordinator(name).is_none_or(|c| *c != e.cfg)
+                    || gated_by(&new, name) != e.routes
+                    || new.node_id != e.node_id
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &stale {
+            info!(lock = %name, "reload: stopping the lock coordinator (changed or removed)");
+            self.stop_coordinator(name).await;
+        }
+        let gone: Vec<String> = self
+            .open
+            .iter()
+            .filter(|(name, e)| !new.routes.iter().any(|r| &r.name == *name && *r == e.cfg))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &gone {
+            if let Some(mut e) = self.open.remove(name) {
+                info!(route = %name, "reload: closing the open route (changed or removed)");
+                e.route.stop_accepting().await;
+                if let Ok(mut all) = self.admin.routes.write() {
+                    all.remove(name);
+                }
+                self.draining
+                    .push(tokio::spawn(e.route.drain(new.shutdown_grace)));
+            }
+        }
+        // Start what is new or changed.
+        for r in new.routes.iter().filter(|r| r.lock.is_none()) {
+            if !self.open.contains_key(&r.name)
+                && let Err(e) = self.start_open(r)
+            {
+                metrics::counter!(m::ROUTE_BIND_ERRORS, "route" => r.name.clone(), "reason" => "reload").increment(1);
+                error!(route = %r.name, error = format!("{e:#}"), "reload: cannot open the route; the rest of the new configuration applies");
+            }
+        }
+        for c in &new.coordinators {
+            if !self.coordinators.contains_key(&c.name) {
+                info!(lock = %c.name, "reload: starting the lock coordinator");
+                self.start_coordinator(c, gated_by(&new, &c.name), &new.node_id);
+            }
+        }
+        if let Ok(mut n) = self.admin.node_id.write() {
+            n.clone_from(&new.node_id);
+        }
+        self.config = new;
+        self.draining.retain(|d| !d.is_finished());
+        metrics::counter!(m::CONFIG_RELOADS).increment(1);
+        info!("configuration reloaded");
+        systemd::status("configuration reloaded");
+        systemd::ready();
+    }
+
+    async fn stop(mut self) {
+        let names: Vec<String> = self.coordinators.keys().cloned().collect();
+        // All coordinators fence and release at once.
+        for name in &names {
+            if let Some(e) = self.coordinators.get(name) {
+                e.stop.cancel();
+            }
+        }
+        for name in &names {
+            self.stop_coordinator(name).await;
+        }
+        let mut open: Vec<OpenRoute> = std::mem::take(&mut self.open)
+            .into_values()
+            .map(|e| e.route)
+            .collect();
+        for r in &mut open {
+            r.stop_accepting().await;
+        }
+        let left: usize = open.iter().map(OpenRoute::connections).sum();
+        let grace = self.config.shutdown_grace;
+        info!(
+            connections = left,
+            grace_ms = grace.as_millis() as u64,
+            "open routes closed; draining their connections"
+        );
+        systemd::status(&format!("draining {left} connections of open routes"));
+        let drains: Vec<_> = open
+            .into_iter()
+            .map(|r| tokio::spawn(r.drain(grace)))
+            .collect();
+        for d in drains.into_iter().chain(self.draining.drain(..)) {
+            let _ = d.await;
+        }
+        self.admin_stop.cancel();
+    }
 }

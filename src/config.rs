@@ -40,10 +40,23 @@ pub struct Config {
     pub coordinators: Vec<CoordinatorConfig>,
     /// In file order: gated routes of one lock bind in this order and unbind in reverse.
     pub routes: Vec<RouteConfig>,
+    /// The admin HTTP endpoint, if `[admin]` is present.
+    pub admin: Option<AdminConfig>,
 }
 
+/// `[admin]`: metrics, readiness, status, step-down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// Bearer token for mutating endpoints (required when `listen` is not loopback).
+    pub token: Option<String>,
+}
+
+/// Default admin address: loopback, the Prometheus exporter port.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
+
 /// One `[[lock-coordinator]]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CoordinatorConfig {
     pub name: String,
     pub lock_id: String,
@@ -55,7 +68,7 @@ pub struct CoordinatorConfig {
 }
 
 /// The lock engine, chosen once by a match in `lock::Lock::new`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendConfig {
     /// An exclusive `flock` on `<locks-folder>/<lock-id>`.
     File { locks_folder: PathBuf },
@@ -153,7 +166,7 @@ pub const DEFAULT_ZK_RETRIES: u32 = 1;
 pub const DEFAULT_ZK_RETRIES_MS: u64 = 1_000;
 
 /// `[lock-coordinator.health-check]`: a TCP connect to the local broker.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthConfig {
     pub address: String,
     pub interval: Duration,
@@ -165,7 +178,7 @@ pub struct HealthConfig {
 }
 
 /// One `[[route]]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteConfig {
     pub name: String,
     pub listen: SocketAddr,
@@ -201,10 +214,18 @@ pub enum ConfigError {
 struct RawConfig {
     node_id: Option<Spanned<String>>,
     shutdown_grace_ms: Option<Spanned<u64>>,
+    admin: Option<Spanned<RawAdmin>>,
     #[serde(default)]
     lock_coordinator: Vec<Spanned<RawCoordinator>>,
     #[serde(default)]
     route: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawAdmin {
+    listen: Option<Spanned<String>>,
+    token_file: Option<Spanned<String>>,
 }
 
 /// One flat table for every backend, so that a key of another backend gets a precise message
@@ -297,6 +318,13 @@ impl Config {
         // Writing to a String cannot fail.
         let _ = writeln!(out, "node-id = {}", q(&self.node_id));
         let _ = writeln!(out, "shutdown-grace-ms = {}", ms(self.shutdown_grace));
+        if let Some(a) = &self.admin {
+            let _ = writeln!(out, "\n[admin]");
+            let _ = writeln!(out, "listen = {}", q(&a.listen.to_string()));
+            if a.token.is_some() {
+                let _ = writeln!(out, "# token-file: set (the token is not printed)");
+            }
+        }
         for c in &self.coordinators {
             let _ = writeln!(out, "\n[[lock-coordinator]]");
             let _ = writeln!(out, "name = {}", q(&c.name));
@@ -428,6 +456,11 @@ fn validate(raw: RawConfig, base: &Path, path: &Path) -> Result<Config, Bad> {
             .map(|v| v.into_inner())
             .unwrap_or(DEFAULT_SHUTDOWN_GRACE_MS),
     );
+
+    let admin = match raw.admin {
+        Some(a) => Some(validate_admin(a.into_inner(), base)?),
+        None => None,
+    };
 
     let mut coordinators: Vec<CoordinatorConfig> = Vec::new();
     for c in raw.lock_coordinator {
@@ -631,7 +664,58 @@ fn validate(raw: RawConfig, base: &Path, path: &Path) -> Result<Config, Bad> {
         shutdown_grace,
         coordinators,
         routes,
+        admin,
     })
+}
+
+fn validate_admin(a: RawAdmin, base: &Path) -> Result<AdminConfig, Bad> {
+    let (listen, span) = match &a.listen {
+        Some(l) => (l.get_ref().clone(), l.span()),
+        None => (DEFAULT_ADMIN_LISTEN.to_owned(), 0..0),
+    };
+    let listen: SocketAddr = listen.parse().map_err(|_| {
+        bad(
+            span.clone(),
+            "listen",
+            format!("\"{listen}\" is not an IP address and port, like \"127.0.0.1:9464\""),
+        )
+    })?;
+    let token = match a.token_file {
+        Some(t) => {
+            let tspan = t.span();
+            let path = base.join(t.into_inner());
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                bad(
+                    tspan.clone(),
+                    "token-file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let token = text.trim().to_owned();
+            if token.len() < 16 {
+                return Err(bad(
+                    tspan,
+                    "token-file",
+                    format!(
+                        "{} must hold a token of at least 16 characters",
+                        path.display()
+                    ),
+                ));
+            }
+            Some(token)
+        }
+        None => None,
+    };
+    if !listen.ip().is_loopback() && token.is_none() {
+        return Err(bad(
+            span,
+            "listen",
+            format!(
+                "the admin endpoint listens beyond loopback ({listen}): set `token-file` so that step-down and resume need a bearer token"
+            ),
+        ));
+    }
+    Ok(AdminConfig { listen, token })
 }
 
 fn validate_zk(c: &RawCoordinator, kind_span: Range<usize>) -> Result<ZkConfig, Bad> {

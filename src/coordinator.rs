@@ -13,7 +13,11 @@
 
 use std::future::Future;
 
-use tokio::sync::watch;
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -33,6 +37,52 @@ pub trait Gate: Send {
     /// Closes every listener (reverse order) and resets every connection they carried;
     /// returns only when none is left. `reason` labels the killed connections.
     fn close(&mut self, reason: &'static str) -> impl Future<Output = ()> + Send;
+    /// A planned switchover: closes every listener, lets connections finish for up to
+    /// `drain`, then resets the rest; returns only when none is left.
+    fn drain_close(&mut self, drain: Duration) -> impl Future<Output = ()> + Send;
+}
+
+/// What the admin endpoint asks of a coordinator.
+#[derive(Debug)]
+pub enum Command {
+    /// Planned switchover: drain, release, and leave the lock alone for `hold_off`.
+    StepDown {
+        drain: Duration,
+        hold_off: Duration,
+        reply: oneshot::Sender<String>,
+    },
+    /// Contend again now (ends a hold-off).
+    Resume { reply: oneshot::Sender<String> },
+}
+
+/// A coordinator's state as the admin endpoint shows it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LockState {
+    pub held: bool,
+    pub term: u64,
+    /// "active", or "standby (why)".
+    pub state: String,
+    /// Unix milliseconds of the last transition.
+    pub since_unix_ms: u64,
+    /// The most recent transitions, newest last.
+    pub transitions: VecDeque<Transition>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Transition {
+    pub to: &'static str,
+    pub reason: String,
+    pub term: u64,
+    pub at_unix_ms: u64,
+}
+
+/// How many transitions `LockState` keeps.
+const TRANSITIONS_KEPT: usize = 16;
+
+/// The handles the rest of the process keeps on a running coordinator.
+pub struct Handle {
+    pub state: watch::Receiver<LockState>,
+    pub commands: mpsc::Sender<Command>,
 }
 
 /// Why a held lock is given back.
@@ -44,6 +94,8 @@ pub enum Release {
     BindFailed,
     /// lockgate is stopping.
     Shutdown,
+    /// An operator asked for a planned switchover.
+    StepDown,
 }
 
 impl Release {
@@ -52,6 +104,7 @@ impl Release {
             Release::Health => "health",
             Release::BindFailed => "bind_failed",
             Release::Shutdown => "shutdown",
+            Release::StepDown => "step_down",
         }
     }
 }
@@ -98,6 +151,12 @@ pub struct Coordinator<G: Gate> {
     hold_off_until: Option<Instant>,
     /// The last acquisition error logged, so a persisting error is logged once.
     last_error: Option<String>,
+    /// When this node decided to contend (for `lockgate_failover_seconds`).
+    contend_since: Option<Instant>,
+    /// When the current holding began, and how many whole seconds of it were counted.
+    held_since: Option<(Instant, u64)>,
+    commands: mpsc::Receiver<Command>,
+    state: watch::Sender<LockState>,
 }
 
 impl<G: Gate> Coordinator<G> {
@@ -106,9 +165,15 @@ impl<G: Gate> Coordinator<G> {
         node_id: String,
         gate: G,
         health: watch::Receiver<bool>,
-    ) -> Self {
+    ) -> (Self, Handle) {
         let lock = Lock::new(&cfg);
-        Coordinator {
+        let (state, state_rx) = watch::channel(LockState::default());
+        let (commands_tx, commands) = mpsc::channel(8);
+        let handle = Handle {
+            state: state_rx,
+            commands: commands_tx,
+        };
+        let c = Coordinator {
             cfg,
             node_id,
             lock,
@@ -119,7 +184,12 @@ impl<G: Gate> Coordinator<G> {
             contending: false,
             hold_off_until: None,
             last_error: None,
-        }
+            contend_since: None,
+            held_since: None,
+            commands,
+            state,
+        };
+        (c, handle)
     }
 
     /// Runs until `shutdown`; then closes the gate and releases the lock if held.
@@ -142,11 +212,15 @@ impl<G: Gate> Coordinator<G> {
                         health_open = false;
                     }
                 }
+                Some(cmd) = self.commands.recv() => self.command(cmd).await,
                 _ = tokio::time::sleep_until(next) => {}
             }
             let now = Instant::now();
             let ticked = now >= next;
             self.step(ticked).await;
+            if ticked {
+                self.count_held_seconds();
+            }
             if ticked {
                 next = now + self.cfg.check_period;
             }
@@ -172,6 +246,7 @@ impl<G: Gate> Coordinator<G> {
                 self.lock.contend(&self.node_id, self.term);
                 if !self.contending {
                     self.contending = true;
+                    self.contend_since.get_or_insert(now);
                     self.publish_standby("contending");
                 }
             }
@@ -179,6 +254,7 @@ impl<G: Gate> Coordinator<G> {
                 if self.contending {
                     self.lock.withdraw();
                     self.contending = false;
+                    self.contend_since = None;
                     self.publish_standby(if healthy {
                         "holding off"
                     } else {
@@ -210,10 +286,16 @@ impl<G: Gate> Coordinator<G> {
                     Ok(()) => {
                         let open_us = started.elapsed().as_micros() as u64;
                         info!(lock = %name, term, reason = "acquired", open_us, "lock acquired: gated routes are open");
+                        if let Some(since) = self.contend_since.take() {
+                            metrics::histogram!(m::FAILOVER_SECONDS, "lock" => name.clone())
+                                .record(since.elapsed().as_secs_f64());
+                        }
+                        self.held_since = Some((Instant::now(), 0));
                         self.record_transition("active", "acquired");
                         metrics::gauge!(m::LOCK_HELD, "lock" => name.clone()).set(1.0);
                         metrics::gauge!(m::LOCK_TERM, "lock" => name.clone()).set(term as f64);
                         systemd::status(&format!("lock {name}: active term {term}"));
+                        self.publish("active", "active".to_owned(), "acquired".to_owned());
                     }
                     Err(e) => {
                         error!(lock = %name, term, error = %e, "cannot open a gated route after acquiring the lock; releasing it so the peer can serve");
@@ -244,6 +326,8 @@ impl<G: Gate> Coordinator<G> {
         warn!(lock = %name, term = self.term, reason = e.reason(), error = %e, "lock lost: fencing gated routes");
         self.gate.close("lock_lost").await;
         self.held = false;
+        self.count_held_seconds();
+        self.held_since = None;
         // Fenced: say so now; giving back what is left of the lock may take a while.
         self.record_transition("standby", e.reason());
         self.publish_standby(&format!("lost: {}", e.reason()));
@@ -252,10 +336,17 @@ impl<G: Gate> Coordinator<G> {
 
     /// Gives the lock back: gate closed first, then the lock.
     async fn give_up(&mut self, why: Release) {
-        let name = self.cfg.name.clone();
         self.gate.close(why.reason()).await;
+        self.released(why).await;
+    }
+
+    /// After the gate is closed: release the lock and say so.
+    async fn released(&mut self, why: Release) {
+        let name = self.cfg.name.clone();
         self.lock.release().await;
         self.held = false;
+        self.count_held_seconds();
+        self.held_since = None;
         info!(lock = %name, term = self.term, reason = why.reason(), "lock released");
         self.record_transition("standby", why.reason());
         self.publish_standby(&format!("released: {}", why.reason()));
@@ -269,6 +360,82 @@ impl<G: Gate> Coordinator<G> {
     fn publish_standby(&self, why: &str) {
         metrics::gauge!(m::LOCK_HELD, "lock" => self.cfg.name.clone()).set(0.0);
         systemd::status(&format!("lock {}: standby ({why})", self.cfg.name));
+        self.publish("standby", format!("standby ({why})"), why.to_owned());
+    }
+
+    /// Updates the state the admin endpoint shows.
+    fn publish(&self, to: &'static str, state: String, reason: String) {
+        let now = crate::lock::unix_ms_now();
+        let (held, term) = (self.held, self.term);
+        self.state.send_modify(|s| {
+            if s.state != state {
+                s.since_unix_ms = now;
+            }
+            s.held = held;
+            s.term = term;
+            s.state = state;
+            s.transitions.push_back(Transition {
+                to,
+                reason,
+                term,
+                at_unix_ms: now,
+            });
+            while s.transitions.len() > TRANSITIONS_KEPT {
+                s.transitions.pop_front();
+            }
+        });
+    }
+
+    /// Adds the whole seconds held since the last count to `lockgate_lock_held_seconds_total`.
+    fn count_held_seconds(&mut self) {
+        if let Some((since, counted)) = self.held_since.as_mut() {
+            let whole = since.elapsed().as_secs();
+            if whole > *counted {
+                metrics::counter!(m::LOCK_HELD_SECONDS, "lock" => self.cfg.name.clone())
+                    .increment(whole - *counted);
+                *counted = whole;
+            }
+        }
+    }
+
+    async fn command(&mut self, cmd: Command) {
+        let name = self.cfg.name.clone();
+        match cmd {
+            Command::StepDown {
+                drain,
+                hold_off,
+                reply,
+            } => {
+                self.hold_off_until = Some(Instant::now() + hold_off);
+                let answer = if self.held {
+                    info!(lock = %name, term = self.term, drain_ms = drain.as_millis() as u64, hold_off_ms = hold_off.as_millis() as u64, "stepping down");
+                    self.gate.drain_close(drain).await;
+                    self.released(Release::StepDown).await;
+                    format!(
+                        "stepped down from term {}; not contending for {} ms",
+                        self.term,
+                        hold_off.as_millis()
+                    )
+                } else {
+                    format!(
+                        "not holding the lock; not contending for {} ms",
+                        hold_off.as_millis()
+                    )
+                };
+                if self.contending {
+                    self.lock.withdraw();
+                    self.contending = false;
+                    self.contend_since = None;
+                    self.publish_standby("holding off");
+                }
+                let _ = reply.send(answer);
+            }
+            Command::Resume { reply } => {
+                self.hold_off_until = None;
+                info!(lock = %name, "resuming contention");
+                let _ = reply.send("contending".to_owned());
+            }
+        }
     }
 }
 

@@ -12,10 +12,13 @@
 //! - [`forward`]: the data path, with half-close both ways; knows nothing of locks.
 //! - [`metrics`]: every metric name in one place. [`systemd`]: READY/STATUS/STOPPING.
 //! - [`status`]: who holds each lock, for `lockgate status`.
-//! - [`app`]: wiring and ordered shutdown.
+//! - [`admin`]: the HTTP endpoint (metrics, readiness, status, step-down); its doc lists every
+//!   endpoint.
+//! - [`app`]: wiring, reloads and ordered shutdown.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod coordinator;
@@ -28,4 +31,4 @@ pub mod route;
 pub mod status;
 pub mod systemd;
 
-pub use app::run;
+pub use app::{run, run_with_reload};

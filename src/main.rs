@@ -40,6 +40,27 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Ask the running daemon to hand a lock to its peer (planned switchover).
+    StepDown {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The lock-coordinator's name.
+        #[arg(long)]
+        lock: String,
+        /// Do not contend again for this long (default: 3 check-periods).
+        #[arg(long)]
+        hold_off_ms: Option<u64>,
+        /// Let live connections finish for up to this long before resetting them.
+        #[arg(long)]
+        drain_ms: Option<u64>,
+    },
+    /// Ask the running daemon to contend for a lock again.
+    Resume {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        lock: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -54,7 +75,11 @@ fn main() -> ExitCode {
         .init();
 
     let path = match &cli.command {
-        Command::Run { config } | Command::Check { config } | Command::Status { config } => config,
+        Command::Run { config }
+        | Command::Check { config }
+        | Command::Status { config }
+        | Command::StepDown { config, .. }
+        | Command::Resume { config, .. } => config,
     };
     let config = match Config::load(path) {
         Ok(c) => c,
@@ -83,6 +108,23 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run { .. } => run(config),
+        Command::StepDown {
+            lock,
+            hold_off_ms,
+            drain_ms,
+            ..
+        } => {
+            let mut query = Vec::new();
+            if let Some(v) = hold_off_ms {
+                query.push(format!("hold-off-ms={v}"));
+            }
+            if let Some(v) = drain_ms {
+                query.push(format!("drain-ms={v}"));
+            }
+            let path = format!("/locks/{lock}/step-down?{}", query.join("&"));
+            admin_post(&config, &path)
+        }
+        Command::Resume { lock, .. } => admin_post(&config, &format!("/locks/{lock}/resume")),
     }
 }
 
@@ -99,7 +141,8 @@ fn run(config: Config) -> ExitCode {
     };
     let result = runtime.block_on(async {
         let shutdown = shutdown_signal()?;
-        lockgate::run(config, shutdown).await
+        let reloads = reload_signal()?;
+        lockgate::run_with_reload(config, shutdown, reloads).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -109,6 +152,73 @@ fn run(config: Config) -> ExitCode {
             ExitCode::from(EXIT_RUNTIME)
         }
     }
+}
+
+/// POSTs to the running daemon's admin endpoint and prints its answer.
+fn admin_post(config: &Config, path: &str) -> ExitCode {
+    use std::io::{Read as _, Write as _};
+    let Some(admin) = &config.admin else {
+        eprintln!(
+            "lockgate: {} has no [admin] section, so the daemon cannot be asked",
+            config.source.display()
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let mut addr = admin.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let auth = admin
+        .token
+        .as_ref()
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let result = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))
+        .and_then(|mut s| {
+            s.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
+            s.write_all(request.as_bytes())?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        });
+    match result {
+        Ok(response) => {
+            let ok = response.starts_with("HTTP/1.1 200");
+            let body = response.split("\r\n\r\n").nth(1).unwrap_or("").trim();
+            if ok {
+                println!("{body}");
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "lockgate: {}: {body}",
+                    response.lines().next().unwrap_or("no answer")
+                );
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        }
+        Err(e) => {
+            eprintln!("lockgate: cannot reach the daemon's admin endpoint at {addr}: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+/// Yields on every SIGHUP.
+fn reload_signal() -> anyhow::Result<tokio::sync::mpsc::Receiver<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received");
+            // A reload already queued covers this one too.
+            let _ = tx.try_send(());
+        }
+    });
+    Ok(rx)
 }
 
 /// Completes on the first SIGTERM or SIGINT.

@@ -1,15 +1,19 @@
 //! Every metric lockgate records: name, unit and help text in one place.
 //!
-//! Recorded through the `metrics` facade; an exporter installed by the binary makes them
-//! visible (without one they cost a no-op). Labels: `lock`, `route`, `reason`, `direction`.
+//! Recorded through the `metrics` facade into a Prometheus recorder installed once at start
+//! ([`install`]); the admin server renders it at `GET /metrics`. Labels: `lock`, `route`,
+//! `reason`, `direction`, `to`, `version`. Hot paths hold pre-built handles.
 
-use metrics::{Unit, describe_counter, describe_gauge};
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const LOCK_HELD: &str = "lockgate_lock_held";
 pub const LOCK_TERM: &str = "lockgate_lock_term";
 pub const LOCK_TRANSITIONS: &str = "lockgate_lock_transitions_total";
+pub const LOCK_HELD_SECONDS: &str = "lockgate_lock_held_seconds_total";
 pub const LOCK_BACKEND_ERRORS: &str = "lockgate_lock_backend_errors_total";
 pub const LOCK_BACKEND_UP: &str = "lockgate_lock_backend_up";
+pub const FAILOVER_SECONDS: &str = "lockgate_failover_seconds";
 pub const HEALTH_CHECK_UP: &str = "lockgate_health_check_up";
 pub const HEALTH_CHECK_FAILURES: &str = "lockgate_health_check_failures_total";
 pub const ROUTE_LISTENING: &str = "lockgate_route_listening";
@@ -19,14 +23,35 @@ pub const CONNECTIONS: &str = "lockgate_connections_total";
 pub const CONNECTIONS_KILLED: &str = "lockgate_connections_killed_total";
 pub const FORWARDED_BYTES: &str = "lockgate_forwarded_bytes_total";
 pub const UPSTREAM_CONNECT_ERRORS: &str = "lockgate_upstream_connect_errors_total";
+pub const UPSTREAM_CONNECT_SECONDS: &str = "lockgate_upstream_connect_seconds";
 pub const ACCEPT_ERRORS: &str = "lockgate_accept_errors_total";
+pub const CONFIG_RELOADS: &str = "lockgate_config_reloads_total";
+pub const CONFIG_RELOAD_ERRORS: &str = "lockgate_config_reload_errors_total";
+pub const BUILD_INFO: &str = "lockgate_build_info";
 
-/// Registers help text and units; call once at start.
+/// Installs the Prometheus recorder (once per process) and registers help text.
+pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(FAILOVER_SECONDS.to_owned()),
+            &[
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            ],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(UPSTREAM_CONNECT_SECONDS.to_owned()),
+            &[
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0,
+            ],
+        )?
+        .install_recorder()?;
+    describe();
+    build_info();
+    Ok(handle)
+}
+
+/// Registers help text and units.
 pub fn describe() {
-    describe_gauge!(
-        LOCK_BACKEND_UP,
-        "1 while the lock service (ZooKeeper) is reachable."
-    );
     describe_gauge!(LOCK_HELD, "1 while this node holds the lock, else 0.");
     describe_gauge!(
         LOCK_TERM,
@@ -37,8 +62,22 @@ pub fn describe() {
         "Ownership transitions, by target state and reason."
     );
     describe_counter!(
+        LOCK_HELD_SECONDS,
+        Unit::Seconds,
+        "Time this node has held the lock, in whole seconds."
+    );
+    describe_counter!(
         LOCK_BACKEND_ERRORS,
         "Errors talking to the lock backend, by reason."
+    );
+    describe_gauge!(
+        LOCK_BACKEND_UP,
+        "1 while the lock service (ZooKeeper) is reachable."
+    );
+    describe_histogram!(
+        FAILOVER_SECONDS,
+        Unit::Seconds,
+        "From the decision to contend to the client routes accepting."
     );
     describe_gauge!(
         HEALTH_CHECK_UP,
@@ -68,13 +107,22 @@ pub fn describe() {
         UPSTREAM_CONNECT_ERRORS,
         "Failed connects to the upstream, by reason."
     );
+    describe_histogram!(
+        UPSTREAM_CONNECT_SECONDS,
+        Unit::Seconds,
+        "Time to connect to the upstream."
+    );
     describe_counter!(
         ACCEPT_ERRORS,
         "Failed accepts on the route's listener, by reason."
     );
+    describe_counter!(CONFIG_RELOADS, "Configuration reloads applied.");
+    describe_counter!(
+        CONFIG_RELOAD_ERRORS,
+        "Configuration reloads refused (the old configuration keeps running)."
+    );
+    describe_gauge!(BUILD_INFO, "Always 1; the version is a label.");
 }
-
-pub const BUILD_INFO: &str = "lockgate_build_info";
 
 /// `lockgate_build_info{version} 1`.
 pub fn build_info() {

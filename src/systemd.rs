@@ -24,3 +24,23 @@ pub fn status(line: &str) {
 pub fn stopping() {
     send(&[NotifyState::Stopping]);
 }
+
+/// A reload has begun (READY=1 follows when it is done).
+pub fn reloading() {
+    send(&[NotifyState::Reloading]);
+}
+
+/// The event loop is alive.
+pub fn watchdog() {
+    send(&[NotifyState::Watchdog]);
+}
+
+/// Half the watchdog period systemd asks for (`WATCHDOG_USEC`), if it asks.
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    let mut usec = 0u64;
+    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
+        Some(std::time::Duration::from_micros(usec / 2))
+    } else {
+        None
+    }
+}

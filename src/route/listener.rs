@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics::{Counter, Gauge};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use metrics::{Counter, Gauge, Histogram};
 use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -32,9 +34,24 @@ pub struct RouteRuntime {
     counters: Counters,
     connections: Counter,
     active: Gauge,
-    pub listening: Gauge,
+    listening: Gauge,
     accept_errors_fd: Counter,
     accept_errors_other: Counter,
+    connect_seconds: Histogram,
+    /// Readable copies of the gauges, for the admin endpoint.
+    active_now: AtomicU64,
+    listening_now: AtomicBool,
+}
+
+/// A route as the admin endpoint shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RouteView {
+    pub name: String,
+    pub listen: String,
+    pub forward_to: String,
+    pub lock: Option<String>,
+    pub listening: bool,
+    pub active_connections: u64,
 }
 
 impl RouteRuntime {
@@ -49,9 +66,28 @@ impl RouteRuntime {
             active: metrics::gauge!(m::CONNECTIONS_ACTIVE, "route" => r.clone()),
             listening: metrics::gauge!(m::ROUTE_LISTENING, "route" => r.clone()),
             accept_errors_fd: metrics::counter!(m::ACCEPT_ERRORS, "route" => r.clone(), "reason" => "out_of_fds"),
-            accept_errors_other: metrics::counter!(m::ACCEPT_ERRORS, "route" => r, "reason" => "other"),
+            accept_errors_other: metrics::counter!(m::ACCEPT_ERRORS, "route" => r.clone(), "reason" => "other"),
+            connect_seconds: metrics::histogram!(m::UPSTREAM_CONNECT_SECONDS, "route" => r),
+            active_now: AtomicU64::new(0),
+            listening_now: AtomicBool::new(false),
             cfg,
         })
+    }
+
+    pub fn set_listening(&self, on: bool) {
+        self.listening.set(if on { 1.0 } else { 0.0 });
+        self.listening_now.store(on, Ordering::Relaxed);
+    }
+
+    pub fn view(&self) -> RouteView {
+        RouteView {
+            name: self.cfg.name.clone(),
+            listen: self.cfg.listen.to_string(),
+            forward_to: self.cfg.forward_to.clone(),
+            lock: self.cfg.lock.clone(),
+            listening: self.listening_now.load(Ordering::Relaxed),
+            active_connections: self.active_now.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -155,15 +191,24 @@ pub async fn accept_loop(
         }
     }
     drop(listener);
-    route.listening.set(0.0);
+    route.set_listening(false);
 }
 
-/// Decrements the active-connections gauge however the task ends.
-struct ActiveGuard(Gauge);
+/// Counts a connection as active until the task ends, however it ends.
+struct ActiveGuard(Arc<RouteRuntime>);
+
+impl ActiveGuard {
+    fn new(route: &Arc<RouteRuntime>) -> ActiveGuard {
+        route.active.increment(1.0);
+        route.active_now.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(route.clone())
+    }
+}
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.decrement(1.0);
+        self.0.active.decrement(1.0);
+        self.0.active_now.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -174,10 +219,10 @@ async fn serve(
     kill: CancellationToken,
     lease: Lease,
 ) {
-    route.active.increment(1.0);
-    let _active = ActiveGuard(route.active.clone());
+    let _active = ActiveGuard::new(&route);
     let name = route.cfg.name.as_str();
     tune(&downstream);
+    let started = std::time::Instant::now();
     let connect = tokio::time::timeout(
         route.cfg.connect_timeout,
         TcpStream::connect(&route.cfg.forward_to),
@@ -190,7 +235,12 @@ async fn serve(
         r = connect => r,
     };
     let mut upstream = match upstream {
-        Ok(Ok(s)) => s,
+        Ok(Ok(s)) => {
+            route
+                .connect_seconds
+                .record(started.elapsed().as_secs_f64());
+            s
+        }
         Ok(Err(e)) => {
             let reason = if e.kind() == io::ErrorKind::ConnectionRefused {
                 "refused"

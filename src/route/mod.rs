@@ -17,7 +17,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::RouteConfig;
 use crate::coordinator::Gate;
 use crate::lease::Lease;
 use crate::metrics as m;
@@ -48,7 +47,7 @@ impl Bound {
             conns.clone(),
             lease,
         ));
-        route.listening.set(1.0);
+        route.set_listening(true);
         info!(route = %route.cfg.name, listen = %route.cfg.listen, forward_to = %route.cfg.forward_to, "route listening");
         Ok(Bound {
             route: route.clone(),
@@ -65,7 +64,7 @@ impl Bound {
         if let Err(e) = (&mut self.accept).await {
             warn!(route = %self.route.cfg.name, error = %e, "accept task ended abnormally");
         }
-        self.route.listening.set(0.0);
+        self.route.set_listening(false);
     }
 
     /// Resets every remaining connection and waits until all are gone.
@@ -88,17 +87,16 @@ impl Bound {
         self.kill(reason).await;
     }
 
-    /// Shutdown of an open route (after `stop_accepting`): let connections finish for up to
-    /// `grace`, then reset the rest.
-    async fn drain(self, grace: Duration) {
+    /// After `stop_accepting`: let connections finish for up to `grace`, then reset the rest.
+    async fn drain(self, grace: Duration, reason: &'static str) {
         self.conns.close();
         if tokio::time::timeout(grace, self.conns.wait())
             .await
             .is_err()
         {
-            warn!(route = %self.route.cfg.name, grace_ms = grace.as_millis() as u64, "connections still open after the shutdown grace");
+            warn!(route = %self.route.cfg.name, grace_ms = grace.as_millis() as u64, reason, "connections still open after the drain");
         }
-        self.kill("shutdown").await;
+        self.kill(reason).await;
     }
 }
 
@@ -107,8 +105,7 @@ pub struct OpenRoute(Bound);
 
 impl OpenRoute {
     /// Binds now; a failure is fatal at start-up and says which route and why.
-    pub fn start(cfg: RouteConfig) -> anyhow::Result<OpenRoute> {
-        let route = RouteRuntime::new(cfg);
+    pub fn start(route: Arc<RouteRuntime>) -> anyhow::Result<OpenRoute> {
         let bound = Bound::bind(&route, Lease::unlimited())
             .map_err(|e| anyhow::anyhow!(listener::explain(&e)))
             .with_context(|| {
@@ -132,7 +129,7 @@ impl OpenRoute {
 
     /// Waits up to `grace` for the connections to finish, then resets the rest.
     pub async fn drain(self, grace: Duration) {
-        self.0.drain(grace).await;
+        self.0.drain(grace, "shutdown").await;
     }
 }
 
@@ -144,9 +141,9 @@ pub struct GatedRoutes {
 }
 
 impl GatedRoutes {
-    pub fn new(routes: Vec<RouteConfig>) -> GatedRoutes {
+    pub fn new(routes: Vec<Arc<RouteRuntime>>) -> GatedRoutes {
         GatedRoutes {
-            routes: routes.into_iter().map(RouteRuntime::new).collect(),
+            routes,
             bound: Vec::new(),
         }
     }
@@ -180,6 +177,19 @@ impl Gate for GatedRoutes {
     async fn close(&mut self, reason: &'static str) {
         while let Some(b) = self.bound.pop() {
             b.close(reason).await;
+        }
+    }
+
+    async fn drain_close(&mut self, drain: Duration) {
+        // Every listener first (reverse order), then one shared drain window.
+        for b in self.bound.iter_mut().rev() {
+            b.stop_accepting().await;
+            info!(route = %b.route.cfg.name, listen = %b.route.cfg.listen, drain_ms = drain.as_millis() as u64, "route closed for a step-down; draining");
+        }
+        let deadline = tokio::time::Instant::now() + drain;
+        while let Some(b) = self.bound.pop() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            b.drain(left, "step_down").await;
         }
     }
 }
