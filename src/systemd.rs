@@ -35,12 +35,14 @@ pub fn watchdog() {
     send(&[NotifyState::Watchdog]);
 }
 
-/// Half the watchdog period systemd asks for (`WATCHDOG_USEC`), if it asks.
+/// Half the watchdog period systemd asks for (`WATCHDOG_USEC`), if it asks. As in
+/// sd_watchdog_enabled(3): when `WATCHDOG_PID` is set, only for that process.
 pub fn watchdog_interval() -> Option<std::time::Duration> {
-    let mut usec = 0u64;
-    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
-        Some(std::time::Duration::from_micros(usec / 2))
-    } else {
-        None
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID")
+        && pid.parse::<u32>().ok() != Some(std::process::id())
+    {
+        return None;
     }
+    (usec > 0).then(|| std::time::Duration::from_micros(usec / 2))
 }

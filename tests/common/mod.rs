@@ -198,7 +198,9 @@ pub struct Node {
     pub pid: i32,
     log: PathBuf,
     notes: mpsc::UnboundedReceiver<String>,
-    /// Every notify line seen so far.
+    /// Lines received but not yet consumed by a wait (READY=1 is taken out of order).
+    backlog: std::collections::VecDeque<String>,
+    /// Every notify line consumed so far.
     pub seen: Vec<String>,
     _reader: JoinHandle<()>,
 }
@@ -206,6 +208,16 @@ pub struct Node {
 impl Node {
     /// Starts `lockgate run --config FILE` and waits for READY=1.
     pub async fn start(name: &str, config: &Path, dir: &Path) -> Node {
+        Node::start_with_env(name, config, dir, &[]).await
+    }
+
+    /// As `start`, with extra environment variables.
+    pub async fn start_with_env(
+        name: &str,
+        config: &Path,
+        dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Node {
         let sock_path = dir.join(format!("{name}.notify"));
         let _ = std::fs::remove_file(&sock_path);
         let sock = UnixDatagram::bind(&sock_path).unwrap();
@@ -227,6 +239,7 @@ impl Node {
             .arg(config)
             .env("NOTIFY_SOCKET", &sock_path)
             .env("RUST_LOG", "lockgate=debug,info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -240,10 +253,24 @@ impl Node {
             pid,
             log,
             notes,
+            backlog: Default::default(),
             seen: Vec::new(),
             _reader: reader,
         };
-        node.wait_note(|l| l == "READY=1").await;
+        // Wait for READY=1 without consuming the lines before it: a STATUS line may come
+        // first, and tests wait for those too.
+        let deadline = tokio::time::Instant::now() + BOUND;
+        loop {
+            if let Some(i) = node.backlog.iter().position(|l| l == "READY=1") {
+                node.backlog.remove(i);
+                node.seen.push("READY=1".to_owned());
+                break;
+            }
+            match tokio::time::timeout_at(deadline, node.notes.recv()).await {
+                Ok(Some(line)) => node.backlog.push_back(line),
+                _ => panic!("{name}: no READY=1 within {BOUND:?}\n{}", node.log_text()),
+            }
+        }
         node
     }
 
@@ -258,6 +285,12 @@ impl Node {
         pred: impl Fn(&str) -> bool,
     ) -> String {
         let deadline = tokio::time::Instant::now() + bound;
+        while let Some(line) = self.backlog.pop_front() {
+            self.seen.push(line.clone());
+            if pred(&line) {
+                return line;
+            }
+        }
         loop {
             match tokio::time::timeout_at(deadline, self.notes.recv()).await {
                 Ok(Some(line)) => {
@@ -285,6 +318,7 @@ impl Node {
     /// Collects notify lines for `d`, matching nothing (to observe that nothing happens).
     pub async fn collect_for(&mut self, d: Duration) {
         let deadline = tokio::time::Instant::now() + d;
+        self.seen.extend(self.backlog.drain(..));
         while let Ok(Some(line)) = tokio::time::timeout_at(deadline, self.notes.recv()).await {
             self.seen.push(line);
         }
@@ -340,6 +374,42 @@ impl Drop for Node {
             eprintln!("---- log of {} ----\n{}", self.name, self.log_text());
         }
     }
+}
+
+/// One HTTP/1.1 request on a fresh connection; returns the status code and the body.
+pub async fn http(port: u16, method: &str, path: &str, headers: &[&str]) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for h in headers {
+        req += h;
+        req += "\r\n";
+    }
+    req += "Content-Length: 0\r\n\r\n";
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(BOUND, s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let code = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (code, body)
+}
+
+/// The value of one sample in a Prometheus text scrape (`name{labels}` exactly as rendered).
+pub fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// Connects with a bound; `None` if refused or timed out.

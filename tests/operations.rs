@@ -1,0 +1,374 @@
+//! Operations against real lockgate processes: Prometheus metrics during a failover, `/ready`,
+//! step-down and resume through the CLI, live reload (SIGHUP), the notify protocol with a
+//! watchdog, bad admin requests, and the bearer token.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Pair {
+    up: [Upstream; 2],
+    ports: [u16; 2],
+    admin: [u16; 2],
+    nodes: [Node; 2],
+    configs: [PathBuf; 2],
+    // Last: the nodes' logs live here.
+    dir: tempfile::TempDir,
+}
+
+async fn pair(admin_extra: &str) -> Pair {
+    let dir = tempfile::tempdir().unwrap();
+    let locks = dir.path().join("locks");
+    std::fs::create_dir(&locks).unwrap();
+    let up = [Upstream::start().await, Upstream::start().await];
+    let ports = [free_port(), free_port()];
+    let admin = [free_port(), free_port()];
+    let config = |i: usize, id: &str| {
+        NodeSpec {
+            node_id: id,
+            locks: &locks,
+            client_port: ports[i],
+            upstream: up[i].addr,
+            check_period_ms: 500,
+            health: None,
+            // A table after the arrays of tables is still a top-level table.
+            extra: format!(
+                "\n[admin]\nlisten = \"127.0.0.1:{}\"\n{admin_extra}\n",
+                admin[i]
+            ),
+            zookeeper: None,
+        }
+        .write(dir.path())
+    };
+    let configs = [config(0, "node0"), config(1, "node1")];
+    let mut node0 = Node::start("node0", &configs[0], dir.path()).await;
+    node0.wait_active().await;
+    let node1 = Node::start("node1", &configs[1], dir.path()).await;
+    Pair {
+        up,
+        ports,
+        admin,
+        nodes: [node0, node1],
+        configs,
+        dir,
+    }
+}
+
+async fn scrape(port: u16) -> String {
+    let (code, body) = http(port, "GET", "/metrics", &[]).await;
+    assert_eq!(code, 200, "{body}");
+    body
+}
+
+/// `promtool check metrics` on a real scrape. Skipped with a note when promtool is absent,
+/// except under CI.
+async fn promtool_check(scrape: &str) {
+    let Ok(mut child) = tokio::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "promtool is required under CI"
+        );
+        eprintln!("skipped: promtool is not installed (apt-get install prometheus)");
+        return;
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(scrape.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{text}\n--- scrape ---\n{scrape}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_ready_follow_a_failover() {
+    let mut p = pair("").await;
+    let held = "lockgate_lock_held{lock=\"clients-lock\"}";
+    // Traffic through node0, so the connection and byte metrics exist.
+    wait_serving(p.ports[0]).await;
+    let s0 = scrape(p.admin[0]).await;
+    assert_eq!(sample(&s0, held), Some(1.0), "{s0}");
+    assert!(
+        sample(&s0, "lockgate_connections_total{route=\"clients\"}").is_some_and(|v| v >= 1.0),
+        "{s0}"
+    );
+    assert!(s0.contains("lockgate_build_info{version="), "{s0}");
+    assert!(
+        s0.contains("lockgate_upstream_connect_seconds_bucket"),
+        "{s0}"
+    );
+    promtool_check(&s0).await;
+    let s1 = scrape(p.admin[1]).await;
+    assert_eq!(sample(&s1, held), Some(0.0), "{s1}");
+
+    assert_eq!(http(p.admin[0], "GET", "/ready", &[]).await.0, 200);
+    assert_eq!(http(p.admin[1], "GET", "/ready", &[]).await.0, 503);
+    assert_eq!(
+        http(p.admin[1], "GET", "/ready/clients-lock", &[]).await.0,
+        503
+    );
+    assert_eq!(
+        http(p.admin[1], "GET", "/ready/no-such-lock", &[]).await.0,
+        404
+    );
+    assert_eq!(http(p.admin[0], "GET", "/healthz", &[]).await.0, 200);
+
+    p.nodes[0].signal(libc::SIGKILL);
+    p.nodes[0].wait_exit().await;
+    p.nodes[1].wait_active().await;
+    let s1 = scrape(p.admin[1]).await;
+    assert_eq!(sample(&s1, held), Some(1.0), "{s1}");
+    assert_eq!(
+        sample(
+            &s1,
+            "lockgate_failover_seconds_count{lock=\"clients-lock\"}"
+        ),
+        Some(1.0),
+        "{s1}"
+    );
+    assert_eq!(http(p.admin[1], "GET", "/ready", &[]).await.0, 200);
+    promtool_check(&s1).await;
+
+    let (code, body) = http(p.admin[1], "GET", "/status", &[]).await;
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["locks"]["clients-lock"]["held"], true, "{v}");
+    assert_eq!(
+        v["locks"]["clients-lock"]["holder"]["node-id"], "node1",
+        "{v}"
+    );
+    assert_eq!(v["routes"][0]["listening"], true, "{v}");
+    let _ = (&p.up, &p.dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_down_moves_traffic_to_the_peer_without_overlap() {
+    let mut p = pair("").await;
+    let mut sampler = Sampler::start(p.ports[0], p.ports[1]);
+    sampler.wait_for(|r| r.a_served > 0).await;
+    let out = lockgate()
+        .args([
+            "step-down",
+            "--lock",
+            "clients-lock",
+            "--hold-off-ms",
+            "60000",
+            "--drain-ms",
+            "100",
+            "--config",
+        ])
+        .arg(&p.configs[0])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("stepped down"));
+    p.nodes[0].wait_standby("released: step_down").await;
+    p.nodes[1].wait_active().await;
+    sampler.wait_for(|r| r.b_served > 0).await;
+    let r = sampler.finish().await;
+    assert!(r.samples > 0 && r.both == 0, "{r:?}");
+
+    // Resume: node0 contends again (behind node1).
+    let out = lockgate()
+        .args(["resume", "--lock", "clients-lock", "--config"])
+        .arg(&p.configs[0])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    p.nodes[0].wait_standby("contending").await;
+    assert!(!serves(p.ports[0]).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutating_endpoints_need_the_token_and_bad_requests_get_4xx() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "0123456789abcdef0123\n").unwrap();
+    let p = pair(&format!("token-file = \"{}\"", token.display())).await;
+    let path = "/locks/clients-lock/step-down?hold-off-ms=1000";
+    assert_eq!(http(p.admin[1], "POST", path, &[]).await.0, 401);
+    assert_eq!(
+        http(p.admin[1], "POST", path, &["Authorization: Bearer wrong"])
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        http(
+            p.admin[1],
+            "POST",
+            path,
+            &["Authorization: Bearer 0123456789abcdef0123"]
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(http(p.admin[1], "GET", "/no/such/path", &[]).await.0, 404);
+    assert_eq!(http(p.admin[1], "POST", "/metrics", &[]).await.0, 405);
+    assert_eq!(http(p.admin[1], "GET", path, &[]).await.0, 405);
+    assert_eq!(
+        http(
+            p.admin[1],
+            "POST",
+            "/locks/nope/step-down",
+            &["Authorization: Bearer 0123456789abcdef0123"]
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        http(
+            p.admin[1],
+            "POST",
+            "/locks/clients-lock/step-down?hold-off-ms=soon",
+            &["Authorization: Bearer 0123456789abcdef0123"]
+        )
+        .await
+        .0,
+        400
+    );
+    // Garbage and an oversized head: refused, and forwarding is undisturbed.
+    let mut g = tokio::net::TcpStream::connect(("127.0.0.1", p.admin[1]))
+        .await
+        .unwrap();
+    g.write_all(b"\x16\x03\x01 definitely not http\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(BOUND, g.read_to_end(&mut out))
+        .await
+        .unwrap();
+    assert!(
+        out.is_empty() || out.starts_with(b"HTTP/1.1 4"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    let big = format!("X-Big: {}", "a".repeat(64 * 1024));
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", p.admin[1]))
+        .await
+        .unwrap();
+    let _ = s
+        .write_all(format!("GET /status HTTP/1.1\r\nHost: x\r\n{big}\r\n\r\n").as_bytes())
+        .await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(BOUND, s.read_to_end(&mut out))
+        .await
+        .unwrap();
+    assert!(
+        out.is_empty() || out.starts_with(b"HTTP/1.1 4"),
+        "{}",
+        String::from_utf8_lossy(&out[..out.len().min(200)])
+    );
+    assert!(serves(p.ports[0]).await);
+    assert_eq!(http(p.admin[0], "GET", "/healthz", &[]).await.0, 200);
+    let _ = &dir;
+}
+
+fn open_routes_config(dir: &Path, routes: &[(&str, u16)], upstream: &str, admin: u16) -> PathBuf {
+    let mut text = format!("node-id = \"reload\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n");
+    for (name, port) in routes {
+        text += &format!(
+            "\n[[route]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nforward-to = \"{upstream}\"\n"
+        );
+    }
+    let path = dir.join("reload.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_adds_and_removes_routes_without_disturbing_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start().await;
+    let upstream = up.addr.to_string();
+    let (a, b, c, admin) = (free_port(), free_port(), free_port(), free_port());
+    let config = open_routes_config(dir.path(), &[("a", a), ("b", b)], &upstream, admin);
+    let mut node = Node::start_with_env(
+        "reload",
+        &config,
+        dir.path(),
+        &[("WATCHDOG_USEC", "200000")],
+    )
+    .await;
+    // The watchdog is pinged from the event loop.
+    node.wait_note(|l| l == "WATCHDOG=1").await;
+
+    let mut live = tokio::net::TcpStream::connect(("127.0.0.1", a))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 3];
+    live.write_all(b"m1\n").await.unwrap();
+    live.read_exact(&mut buf).await.unwrap();
+
+    // Remove b, add c; a is unchanged.
+    open_routes_config(dir.path(), &[("a", a), ("c", c)], &upstream, admin);
+    node.signal(libc::SIGHUP);
+    node.wait_note(|l| l == "RELOADING=1").await;
+    node.wait_note(|l| l == "STATUS=configuration reloaded")
+        .await;
+    node.wait_note(|l| l == "READY=1").await;
+    live.write_all(b"m2\n").await.unwrap();
+    live.read_exact(&mut buf).await.unwrap();
+    assert_eq!(
+        &buf, b"m2\n",
+        "the live connection on the unchanged route was disturbed"
+    );
+    assert!(
+        try_connect(b, Duration::from_secs(1)).await.is_none(),
+        "the removed route still listens"
+    );
+    wait_serving(c).await;
+
+    // An invalid file is refused; the running configuration stays.
+    std::fs::write(&config, "[[route]]\nname = \"a\"\nlisten = \"nonsense\"\nforward-to = \"127.0.0.1:1\"\n").unwrap();
+    node.signal(libc::SIGHUP);
+    let failed = node
+        .wait_note(|l| l.starts_with("STATUS=reload failed"))
+        .await;
+    assert!(failed.contains("key `listen`"), "{failed}");
+    live.write_all(b"m3\n").await.unwrap();
+    live.read_exact(&mut buf).await.unwrap();
+    assert!(serves(c).await);
+    let s = scrape(admin).await;
+    assert_eq!(
+        sample(&s, "lockgate_config_reload_errors_total"),
+        Some(1.0),
+        "{s}"
+    );
+    assert_eq!(
+        sample(&s, "lockgate_config_reloads_total"),
+        Some(1.0),
+        "{s}"
+    );
+
+    // STOPPING=1 on SIGTERM.
+    node.signal(libc::SIGTERM);
+    node.wait_note(|l| l == "STOPPING=1").await;
+    assert_eq!(node.wait_exit().await.code(), Some(0));
+}
