@@ -24,6 +24,8 @@ enum Fault {
     Sigkill,
     Sigterm,
     BrokerDeath,
+    /// `POST /locks/clients-lock/step-down` on the holder's admin endpoint.
+    StepDown,
 }
 
 impl Fault {
@@ -32,6 +34,7 @@ impl Fault {
             Fault::Sigkill => "holder SIGKILL",
             Fault::Sigterm => "holder SIGTERM",
             Fault::BrokerDeath => "broker death",
+            Fault::StepDown => "step-down",
         }
     }
 }
@@ -84,6 +87,7 @@ async fn run_once(case: &Case, run: usize) -> Duration {
     std::fs::create_dir(&locks).unwrap();
     let up = [Upstream::start().await, Upstream::start().await];
     let ports = [free_port(), free_port()];
+    let admin = [free_port(), free_port()];
     let config = |i: usize, id| {
         NodeSpec {
             node_id: id,
@@ -92,7 +96,7 @@ async fn run_once(case: &Case, run: usize) -> Duration {
             upstream: up[i].addr,
             check_period_ms: case.check_period_ms,
             health: case.health,
-            extra: String::new(),
+            extra: format!("\n[admin]\nlisten = \"127.0.0.1:{}\"\n", admin[i]),
             // A namespace per run: a killed holder's node outlives its run until it expires.
             zookeeper: case.zookeeper.as_ref().map(|cs| {
                 format!(
@@ -122,6 +126,16 @@ async fn run_once(case: &Case, run: usize) -> Duration {
         Fault::Sigkill => node0.signal(libc::SIGKILL),
         Fault::Sigterm => node0.signal(libc::SIGTERM),
         Fault::BrokerDeath => up[0].stop_listening(),
+        Fault::StepDown => {
+            let (code, body) = http(
+                admin[0],
+                "POST",
+                "/locks/clients-lock/step-down?hold-off-ms=60000",
+                &[],
+            )
+            .await;
+            assert_eq!(code, 200, "{body}");
+        }
     }
     let deadline = fault + BOUND;
     loop {
@@ -159,6 +173,7 @@ async fn main() {
         file(Fault::Sigterm, 5000, None),
         file(Fault::BrokerDeath, 1000, Some((200, 1, 2))),
         file(Fault::BrokerDeath, 5000, Some((200, 1, 2))),
+        file(Fault::StepDown, 5000, None),
     ];
     // One ZooKeeper server for every ZooKeeper case.
     let zk = if common::zk::available() {
@@ -177,6 +192,7 @@ async fn main() {
         cases.push(z(Fault::Sigterm, 1000, None));
         cases.push(z(Fault::Sigterm, 5000, None));
         cases.push(z(Fault::BrokerDeath, 5000, Some((200, 1, 2))));
+        cases.push(z(Fault::StepDown, 5000, None));
         cases.push(z(Fault::Sigkill, 1000, None));
         cases.push(z(Fault::Sigkill, 5000, None));
     }

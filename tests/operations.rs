@@ -346,7 +346,11 @@ async fn reload_adds_and_removes_routes_without_disturbing_others() {
     wait_serving(c).await;
 
     // An invalid file is refused; the running configuration stays.
-    std::fs::write(&config, "[[route]]\nname = \"a\"\nlisten = \"nonsense\"\nforward-to = \"127.0.0.1:1\"\n").unwrap();
+    std::fs::write(
+        &config,
+        "[[route]]\nname = \"a\"\nlisten = \"nonsense\"\nforward-to = \"127.0.0.1:1\"\n",
+    )
+    .unwrap();
     node.signal(libc::SIGHUP);
     let failed = node
         .wait_note(|l| l.starts_with("STATUS=reload failed"))
@@ -371,4 +375,29 @@ async fn reload_adds_and_removes_routes_without_disturbing_others() {
     node.signal(libc::SIGTERM);
     node.wait_note(|l| l == "STOPPING=1").await;
     assert_eq!(node.wait_exit().await.code(), Some(0));
+}
+
+/// A changed lock coordinator is re-created safely: the old one closes its gate and releases
+/// the lock before the new one contends (here the peer takes over in between).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_recreates_a_changed_lock_coordinator_safely() {
+    let mut p = pair("").await;
+    let mut sampler = Sampler::start(p.ports[0], p.ports[1]);
+    sampler.wait_for(|r| r.a_served > 0).await;
+    let text = std::fs::read_to_string(&p.configs[0]).unwrap();
+    std::fs::write(
+        &p.configs[0],
+        text.replace("check-period = 500", "check-period = 700"),
+    )
+    .unwrap();
+    p.nodes[0].signal(libc::SIGHUP);
+    p.nodes[0].wait_standby("released: shutdown").await;
+    p.nodes[0]
+        .wait_note(|l| l == "STATUS=configuration reloaded")
+        .await;
+    p.nodes[1].wait_active().await;
+    p.nodes[0].wait_standby("contending").await;
+    sampler.wait_for(|r| r.b_served > 0).await;
+    let r = sampler.finish().await;
+    assert!(r.samples > 0 && r.both == 0, "{r:?}");
 }
