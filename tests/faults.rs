@@ -1,0 +1,450 @@
+//! Fault injection: three lockgate nodes contend for one file lock, each in front of its own
+//! witness upstream, while failover clients send sequence-numbered messages and a seeded
+//! random schedule injects faults: SIGKILL and restart, SIGSTOP/SIGCONT, the active node's
+//! broker dying and coming back (health gating), a step-down through the admin endpoint, and
+//! the node's file descriptors running out.
+//!
+//! The witness upstreams timestamp every chunk they receive on one clock (this process's), per
+//! connection. The checker asserts:
+//! 1. no two nodes forwarded at the same time: the byte intervals of connections that came
+//!    through different nodes never overlap (beyond `TOLERANCE`, which absorbs this test's own
+//!    scheduling delay between a byte's arrival and its timestamp);
+//! 2. every message acknowledged to a client arrived, exactly as sent, at some upstream;
+//! 3. after every fault some node serves again within the bound `lockgate check` computes
+//!    for this config (plus `SLACK`).
+//! A probing sampler also checks that at no sample two nodes serve.
+//!
+//! Short in CI (`LOCKGATE_FAULTS`, default 20 faults); a long run: `LOCKGATE_FAULTS=500
+//! cargo test --release --test faults -- --nocapture`. The seed is printed (and taken from
+//! `LOCKGATE_FAULT_SEED`), with the timeline on failure, so a run can be replayed.
+
+mod common;
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+const NODES: usize = 3;
+const TOLERANCE: Duration = Duration::from_millis(25);
+const SLACK: Duration = Duration::from_secs(3);
+
+/// xorshift64*: small, seeded, replayable.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// One connection's chunks, timestamped on arrival.
+#[derive(Default)]
+struct ConnLog {
+    chunks: Vec<(Instant, Vec<u8>)>,
+}
+
+/// An echo upstream that timestamps what it receives, and can die and come back.
+struct Witness {
+    addr: std::net::SocketAddr,
+    conns: Arc<Mutex<Vec<Arc<Mutex<ConnLog>>>>>,
+    accept: Option<JoinHandle<()>>,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Witness {
+    async fn start() -> Witness {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut w = Witness {
+            addr: l.local_addr().unwrap(),
+            conns: Arc::default(),
+            accept: None,
+            tasks: Arc::default(),
+        };
+        w.serve(l);
+        w
+    }
+
+    fn serve(&mut self, l: TcpListener) {
+        let (conns, tasks) = (self.conns.clone(), self.tasks.clone());
+        self.accept = Some(tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let log = Arc::new(Mutex::new(ConnLog::default()));
+                conns.lock().unwrap().push(log.clone());
+                tasks.lock().unwrap().push(tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                log.lock()
+                                    .unwrap()
+                                    .chunks
+                                    .push((Instant::now(), buf[..n].to_vec()));
+                                if s.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }));
+            }
+        }));
+    }
+
+    /// The broker dies: listener closed, every connection dropped.
+    fn kill(&mut self) {
+        if let Some(a) = self.accept.take() {
+            a.abort();
+        }
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    async fn restart(&mut self) {
+        let l = TcpListener::bind(self.addr).await.unwrap();
+        self.serve(l);
+    }
+
+    /// (first, last, lines) of every connection that carried bytes.
+    fn intervals(&self) -> Vec<(Instant, Instant, Vec<String>)> {
+        self.conns
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|c| {
+                let c = c.lock().unwrap();
+                let first = c.chunks.first()?.0;
+                let last = c.chunks.last()?.0;
+                let bytes: Vec<u8> = c
+                    .chunks
+                    .iter()
+                    .flat_map(|(_, b)| b.iter().copied())
+                    .collect();
+                let lines = String::from_utf8_lossy(&bytes)
+                    .lines()
+                    .map(str::to_owned)
+                    .collect();
+                Some((first, last, lines))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Witness {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    KillAndRestart,
+    StopAndContinue(u64),
+    BrokerDies,
+    StepDown,
+    OutOfDescriptors,
+}
+
+/// Failover clients: send `c<id>-<seq>`, wait for the echo, move down the list on failure.
+fn start_clients(
+    ports: [u16; NODES],
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<String>>>,
+) -> Vec<JoinHandle<()>> {
+    (0..4)
+        .map(|id| {
+            let (stop, acked) = (stop.clone(), acked.clone());
+            tokio::spawn(async move {
+                let mut current = id % NODES;
+                let mut conn: Option<BufReader<TcpStream>> = None;
+                let mut seq = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    if conn.is_none() {
+                        match try_connect(ports[current], Duration::from_millis(300)).await {
+                            Some(s) => conn = Some(BufReader::new(s)),
+                            None => {
+                                current = (current + 1) % NODES;
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                                continue;
+                            }
+                        }
+                    }
+                    let Some(c) = conn.as_mut() else { continue };
+                    seq += 1;
+                    let msg = format!("c{id}-{seq}\n");
+                    let ok = tokio::time::timeout(Duration::from_millis(500), async {
+                        c.get_mut().write_all(msg.as_bytes()).await?;
+                        let mut line = String::new();
+                        c.read_line(&mut line).await?;
+                        Ok::<bool, std::io::Error>(line == msg)
+                    })
+                    .await
+                    .is_ok_and(|r| r.is_ok_and(|ok| ok));
+                    if ok {
+                        acked.lock().unwrap().push(msg.trim_end().to_owned());
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    } else {
+                        if let Some(c) = conn.take() {
+                            abort(c.into_inner());
+                        }
+                        current = (current + 1) % NODES;
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+async fn serving(ports: &[u16; NODES]) -> Option<usize> {
+    for (i, p) in ports.iter().enumerate() {
+        if serves(*p).await {
+            return Some(i);
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_two_active_and_nothing_lost_under_random_faults() {
+    let faults: usize = std::env::var("LOCKGATE_FAULTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let seed: u64 = std::env::var("LOCKGATE_FAULT_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                | 1
+        });
+    eprintln!("fault injection: {faults} faults, seed {seed} (replay: LOCKGATE_FAULT_SEED={seed})");
+    let mut rng = Rng(seed);
+
+    let dir = tempfile::tempdir().unwrap();
+    let locks = dir.path().join("locks");
+    std::fs::create_dir(&locks).unwrap();
+    let mut witnesses = Vec::new();
+    for _ in 0..NODES {
+        witnesses.push(Witness::start().await);
+    }
+    let ports: [u16; NODES] = [free_port(), free_port(), free_port()];
+    let admin: [u16; NODES] = [free_port(), free_port(), free_port()];
+    let configs: Vec<PathBuf> = (0..NODES)
+        .map(|i| {
+            NodeSpec {
+                node_id: &format!("node{i}"),
+                locks: &locks,
+                client_port: ports[i],
+                upstream: witnesses[i].addr,
+                check_period_ms: 300,
+                health: Some((100, 1, 2)),
+                extra: format!("\n[admin]\nlisten = \"127.0.0.1:{}\"\n", admin[i]),
+                zookeeper: None,
+            }
+            .write(dir.path())
+        })
+        .collect();
+    let bounds = lockgate::config::Config::load(&configs[0])
+        .unwrap()
+        .coordinators[0]
+        .failover_bounds();
+    let mut nodes = Vec::new();
+    for (i, c) in configs.iter().enumerate() {
+        nodes.push(Node::start(&format!("node{i}"), c, dir.path()).await);
+    }
+    wait_until_serving(&ports, BOUND).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let clients = start_clients(ports, stop.clone(), acked.clone());
+    let mut timeline = String::new();
+    let t0 = Instant::now();
+    let mut log = |what: String| {
+        let _ = writeln!(timeline, "{:>8.3}s  {what}", t0.elapsed().as_secs_f64());
+    };
+
+    for n in 0..faults {
+        let active = serving(&ports).await;
+        let fault = match rng.below(5) {
+            0 => Fault::KillAndRestart,
+            1 => Fault::StopAndContinue(50 + rng.below(250)),
+            2 => Fault::BrokerDies,
+            3 => Fault::StepDown,
+            _ => Fault::OutOfDescriptors,
+        };
+        let target = active.unwrap_or(rng.below(NODES as u64) as usize);
+        log(format!(
+            "fault {n}: {fault:?} on node{target} (active: {active:?})"
+        ));
+        let bound = match fault {
+            Fault::KillAndRestart | Fault::StepDown | Fault::OutOfDescriptors => {
+                bounds.holder_stops
+            }
+            Fault::StopAndContinue(ms) => Duration::from_millis(ms),
+            Fault::BrokerDies => bounds.broker_dies.unwrap_or_default(),
+        };
+        let injected = Instant::now();
+        match fault {
+            Fault::KillAndRestart => {
+                nodes[target].signal(libc::SIGKILL);
+                nodes[target].wait_exit().await;
+                wait_until_serving(&ports, bound + SLACK).await;
+                nodes[target] =
+                    Node::start(&format!("node{target}"), &configs[target], dir.path()).await;
+            }
+            Fault::StopAndContinue(ms) => {
+                nodes[target].signal(libc::SIGSTOP);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                nodes[target].signal(libc::SIGCONT);
+                wait_until_serving(&ports, SLACK).await;
+            }
+            Fault::BrokerDies => {
+                witnesses[target].kill();
+                wait_until_serving(&ports, bound + SLACK).await;
+                witnesses[target].restart().await;
+            }
+            Fault::StepDown => {
+                let (code, body) = http(
+                    admin[target],
+                    "POST",
+                    "/locks/clients-lock/step-down?hold-off-ms=300",
+                    &[],
+                )
+                .await;
+                assert_eq!(code, 200, "{body}");
+                wait_until_serving(&ports, bound + SLACK).await;
+            }
+            Fault::OutOfDescriptors => {
+                // Lower the node's descriptor limit to what it has open plus a few, open more
+                // connections than that, then restore the limit: it must keep serving.
+                let (_, fds) = nodes[target].threads_and_fds();
+                let limit = fds + 4;
+                // Only the soft limit changes; the hard one stays, so it can be restored.
+                let set = |n: usize, pid: i32| {
+                    std::process::Command::new("prlimit")
+                        .arg(format!("--pid={pid}"))
+                        .arg(format!("--nofile={n}:"))
+                        .status()
+                        .is_ok_and(|s| s.success())
+                };
+                if set(limit, nodes[target].pid) {
+                    let mut held = Vec::new();
+                    for _ in 0..16 {
+                        if let Some(s) =
+                            try_connect(ports[target], Duration::from_millis(100)).await
+                        {
+                            held.push(s);
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    drop(held);
+                    assert!(
+                        set(20000, nodes[target].pid),
+                        "cannot restore the descriptor limit"
+                    );
+                    assert!(
+                        nodes[target].log_text().contains("out of file descriptors"),
+                        "node{target} never ran out of descriptors:\n{}",
+                        nodes[target].log_text()
+                    );
+                } else {
+                    log("prlimit is not available: fault skipped".to_owned());
+                }
+                wait_until_serving(&ports, bound + SLACK).await;
+            }
+        }
+        log(format!(
+            "  served again after {:?} (bound {:?} + slack)",
+            injected.elapsed(),
+            bound
+        ));
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+
+    // The checker.
+    let mut problems = Vec::new();
+    let per_node: Vec<_> = witnesses.iter().map(Witness::intervals).collect();
+    for a in 0..NODES {
+        for b in (a + 1)..NODES {
+            for (fa, la, _) in &per_node[a] {
+                for (fb, lb, _) in &per_node[b] {
+                    let overlap_start = (*fa).max(*fb);
+                    let overlap_end = (*la).min(*lb);
+                    if overlap_end > overlap_start && overlap_end - overlap_start > TOLERANCE {
+                        problems.push(format!(
+                            "node{a} and node{b} forwarded at the same time: {:?} .. {:?}",
+                            overlap_start - t0,
+                            overlap_end - t0
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let received: HashSet<String> = per_node
+        .iter()
+        .flatten()
+        .flat_map(|(_, _, lines)| lines.iter().cloned())
+        .collect();
+    let acked = acked.lock().unwrap().clone();
+    let lost: Vec<&String> = acked.iter().filter(|m| !received.contains(*m)).collect();
+    if !lost.is_empty() {
+        problems.push(format!(
+            "{} acknowledged messages never reached an upstream: {:?}",
+            lost.len(),
+            &lost[..lost.len().min(10)]
+        ));
+    }
+    eprintln!(
+        "fault injection: {faults} faults in {:?}, {} messages acknowledged, {} upstream connections",
+        t0.elapsed(),
+        acked.len(),
+        per_node.iter().map(Vec::len).sum::<usize>()
+    );
+    eprintln!("{timeline}");
+    assert!(
+        acked.len() > faults,
+        "the clients hardly got through: {} acknowledged",
+        acked.len()
+    );
+    assert!(
+        problems.is_empty(),
+        "seed {seed}:\n{}\ntimeline:\n{timeline}",
+        problems.join("\n")
+    );
+    drop(nodes);
+}
+
+/// Waits until one node serves (a probe round trip), failing after `bound`.
+async fn wait_until_serving(ports: &[u16; NODES], bound: Duration) {
+    let deadline = Instant::now() + bound;
+    loop {
+        if serving(ports).await.is_some() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no node served within {bound:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
