@@ -12,7 +12,6 @@
 //! 2. every message acknowledged to a client arrived, exactly as sent, at some upstream;
 //! 3. after every fault some node serves again within the bound `lockgate check` computes
 //!    for this config (plus `SLACK`).
-//! A probing sampler also checks that at no sample two nodes serve.
 //!
 //! Short in CI (`LOCKGATE_FAULTS`, default 20 faults); a long run: `LOCKGATE_FAULTS=500
 //! cargo test --release --test faults -- --nocapture`. The seed is printed (and taken from
