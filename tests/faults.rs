@@ -225,15 +225,7 @@ async fn never_two_active_and_nothing_lost_under_random_faults() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
-    let seed: u64 = std::env::var("LOCKGATE_FAULT_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-                | 1
-        });
+    let seed = seed();
     eprintln!("fault injection: {faults} faults, seed {seed} (replay: LOCKGATE_FAULT_SEED={seed})");
     let mut rng = Rng(seed);
 
@@ -382,7 +374,31 @@ async fn never_two_active_and_nothing_lost_under_random_faults() {
         c.await.unwrap();
     }
 
-    // The checker.
+    check(&witnesses, &acked, t0, seed, faults, &timeline);
+    drop(nodes);
+}
+
+/// Waits until one node serves (a probe round trip), failing after `bound`.
+async fn wait_until_serving(ports: &[u16; NODES], bound: Duration) {
+    let deadline = Instant::now() + bound;
+    loop {
+        if serving(ports).await.is_some() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no node served within {bound:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The checker: no overlap between nodes, no acknowledged message lost.
+fn check(
+    witnesses: &[Witness],
+    acked: &Mutex<Vec<String>>,
+    t0: Instant,
+    seed: u64,
+    faults: usize,
+    timeline: &str,
+) {
     let mut problems = Vec::new();
     let per_node: Vec<_> = witnesses.iter().map(Witness::intervals).collect();
     for a in 0..NODES {
@@ -433,17 +449,226 @@ async fn never_two_active_and_nothing_lost_under_random_faults() {
         "seed {seed}:\n{}\ntimeline:\n{timeline}",
         problems.join("\n")
     );
-    drop(nodes);
 }
 
-/// Waits until one node serves (a probe round trip), failing after `bound`.
-async fn wait_until_serving(ports: &[u16; NODES], bound: Duration) {
-    let deadline = Instant::now() + bound;
-    loop {
-        if serving(ports).await.is_some() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "no node served within {bound:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+fn seed() -> u64 {
+    std::env::var("LOCKGATE_FAULT_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                | 1
+        })
+}
+
+#[derive(Clone, Copy, Debug)]
+enum ZkFault {
+    KillAndRestart,
+    /// Shorter than F: nothing should change.
+    ShortStop(u64),
+    /// Longer than the session: the standby takes over; the woken holder fences.
+    FrozenPastSession,
+    BrokerDies,
+    StepDown,
+    ZkMemberDies,
+    EnsembleDown,
+    Partition,
+}
+
+/// The same witness and checker with a three-server ZooKeeper ensemble; each node reaches it
+/// through relays that can partition it. `LOCKGATE_ZK_FAULTS` faults (default 6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zookeeper_never_two_active_and_nothing_lost_under_random_faults() {
+    use common::zk::{Ensemble, Relay, available, external};
+    if !available() || external().is_some() {
+        return;
     }
+    let faults: usize = std::env::var("LOCKGATE_ZK_FAULTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    let seed = seed();
+    eprintln!(
+        "ZooKeeper fault injection: {faults} faults, seed {seed} (replay: LOCKGATE_FAULT_SEED={seed})"
+    );
+    let mut rng = Rng(seed);
+    let mut zk = Ensemble::start(3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut witnesses = Vec::new();
+    for _ in 0..NODES {
+        witnesses.push(Witness::start().await);
+    }
+    // Relays: node i reaches ZooKeeper member j through relays[i][j].
+    let mut relays: Vec<Vec<Relay>> = Vec::new();
+    for _ in 0..NODES {
+        let mut r = Vec::new();
+        for j in 0..3 {
+            r.push(Relay::start(zk.client_port(j)).await);
+        }
+        relays.push(r);
+    }
+    let ports: [u16; NODES] = [free_port(), free_port(), free_port()];
+    let admin: [u16; NODES] = [free_port(), free_port(), free_port()];
+    let configs: Vec<PathBuf> = (0..NODES)
+        .map(|i| {
+            let cs: Vec<String> = relays[i].iter().map(|r| format!("127.0.0.1:{}", r.port)).collect();
+            NodeSpec {
+                node_id: &format!("node{i}"),
+                locks: dir.path(),
+                client_port: ports[i],
+                upstream: witnesses[i].addr,
+                check_period_ms: 300,
+                health: Some((100, 1, 2)),
+                extra: format!("\n[admin]\nlisten = \"127.0.0.1:{}\"\n", admin[i]),
+                zookeeper: Some(format!(
+                    "connect-string = \"{}\"\nnamespace = \"faults\"\nsession-ms = 4000\nsession-percent = 33\nconnection-ms = 1500",
+                    cs.join(",")
+                )),
+            }
+            .write(dir.path())
+        })
+        .collect();
+    let bounds = lockgate::config::Config::load(&configs[0])
+        .unwrap()
+        .coordinators[0]
+        .failover_bounds();
+    let session = bounds.holder_dies;
+    let mut nodes = Vec::new();
+    for (i, c) in configs.iter().enumerate() {
+        nodes.push(Node::start(&format!("node{i}"), c, dir.path()).await);
+    }
+    wait_until_serving(&ports, BOUND).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let clients = start_clients(ports, stop.clone(), acked.clone());
+    let mut timeline = String::new();
+    let t0 = Instant::now();
+    let mut log = |what: String| {
+        let _ = writeln!(timeline, "{:>8.3}s  {what}", t0.elapsed().as_secs_f64());
+    };
+    for n in 0..faults {
+        let active = serving(&ports).await;
+        let fault = match rng.below(8) {
+            0 => ZkFault::KillAndRestart,
+            1 => ZkFault::ShortStop(50 + rng.below(250)),
+            2 => ZkFault::FrozenPastSession,
+            3 => ZkFault::BrokerDies,
+            4 => ZkFault::StepDown,
+            5 => ZkFault::ZkMemberDies,
+            6 => ZkFault::EnsembleDown,
+            _ => ZkFault::Partition,
+        };
+        let target = active.unwrap_or(rng.below(NODES as u64) as usize);
+        log(format!(
+            "fault {n}: {fault:?} on node{target} (active: {active:?})"
+        ));
+        let injected = Instant::now();
+        let bound = match fault {
+            ZkFault::KillAndRestart
+            | ZkFault::FrozenPastSession
+            | ZkFault::Partition
+            | ZkFault::EnsembleDown => session,
+            ZkFault::ShortStop(ms) => Duration::from_millis(ms),
+            ZkFault::BrokerDies => bounds.broker_dies.unwrap_or_default(),
+            ZkFault::StepDown | ZkFault::ZkMemberDies => bounds.holder_stops,
+        };
+        match fault {
+            ZkFault::KillAndRestart => {
+                nodes[target].signal(libc::SIGKILL);
+                nodes[target].wait_exit().await;
+                wait_until_serving(&ports, bound + SLACK).await;
+                nodes[target] =
+                    Node::start(&format!("node{target}"), &configs[target], dir.path()).await;
+            }
+            ZkFault::ShortStop(ms) => {
+                nodes[target].signal(libc::SIGSTOP);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                nodes[target].signal(libc::SIGCONT);
+                wait_until_serving(&ports, SLACK).await;
+            }
+            ZkFault::FrozenPastSession => {
+                nodes[target].signal(libc::SIGSTOP);
+                wait_until_serving(&ports, bound + SLACK).await;
+                nodes[target].signal(libc::SIGCONT);
+            }
+            ZkFault::BrokerDies => {
+                witnesses[target].kill();
+                wait_until_serving(&ports, bound + SLACK).await;
+                witnesses[target].restart().await;
+            }
+            ZkFault::StepDown => {
+                let (code, body) = http(
+                    admin[target],
+                    "POST",
+                    "/locks/clients-lock/step-down?hold-off-ms=300",
+                    &[],
+                )
+                .await;
+                assert_eq!(code, 200, "{body}");
+                wait_until_serving(&ports, bound + SLACK).await;
+            }
+            ZkFault::ZkMemberDies => {
+                let member = rng.below(3) as usize;
+                zk.kill(member);
+                wait_until_serving(&ports, SLACK).await;
+                zk.restart(member).await;
+                zk.wait_serving(member).await;
+            }
+            ZkFault::EnsembleDown => {
+                for j in 0..3 {
+                    zk.kill(j);
+                }
+                // Every node fences within F; then nobody serves until the ensemble returns.
+                let fenced_by = Instant::now() + bounds.fence_within + SLACK;
+                while serving(&ports).await.is_some() {
+                    assert!(
+                        Instant::now() < fenced_by,
+                        "a node still serves with the ensemble down"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                for j in 0..3 {
+                    zk.restart(j).await;
+                }
+                for j in 0..3 {
+                    zk.wait_serving(j).await;
+                }
+                wait_until_serving(&ports, bound + SLACK).await;
+            }
+            ZkFault::Partition => {
+                for r in &relays[target] {
+                    r.blackhole();
+                }
+                // Someone serves again: either the standby, or nobody had to change.
+                let deadline = Instant::now() + bound + SLACK;
+                loop {
+                    match serving(&ports).await {
+                        Some(i) if i != target => break,
+                        _ => {}
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "no other node served after node{target} was partitioned"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                for r in &relays[target] {
+                    r.heal();
+                }
+            }
+        }
+        log(format!(
+            "  served again after {:?} (bound {bound:?} + slack)",
+            injected.elapsed()
+        ));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    check(&witnesses, &acked, t0, seed, faults, &timeline);
+    drop(nodes);
 }

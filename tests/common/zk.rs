@@ -270,6 +270,11 @@ impl Relay {
     pub fn blackhole(&self) {
         self.blackhole.store(true, Ordering::SeqCst);
     }
+
+    /// New connections pass again (the black-holed ones stay stuck, as after a partition).
+    pub fn heal(&self) {
+        self.blackhole.store(false, Ordering::SeqCst);
+    }
 }
 
 impl Drop for Relay {
