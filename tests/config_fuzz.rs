@@ -1,0 +1,143 @@
+//! Fuzzing the config parser and validator (proptest): mutated valid configs and arbitrary
+//! text never panic, and every refusal names the file, a line and a key.
+
+use std::path::Path;
+
+use lockgate::config::{Config, ConfigError};
+use proptest::prelude::*;
+
+const VALID: &str = r#"node-id = "server0"
+shutdown-grace-ms = 5000
+
+[admin]
+listen = "127.0.0.1:9464"
+
+[[lock-coordinator]]
+name = "clients-lock"
+type = "file"
+lock-id = "mirror-cluster-clients"
+check-period = 1000
+locks-folder = "."
+
+[lock-coordinator.health-check]
+address = "127.0.0.1:61626"
+interval-ms = 500
+timeout-ms = 250
+rise = 2
+fall = 2
+
+[[lock-coordinator]]
+name = "zk-lock"
+type = "zookeeper"
+lock-id = "other"
+connect-string = "127.0.0.1:2181,127.0.0.1:2182"
+namespace = "lockgate"
+session-ms = 18000
+
+[[route]]
+name = "clients"
+listen = "0.0.0.0:61616"
+forward-to = "127.0.0.1:61626"
+lock-coordinator = "clients-lock"
+
+[[route]]
+name = "mirror"
+listen = "0.0.0.0:61001"
+forward-to = "127.0.0.1:61011"
+"#;
+
+fn check(text: &str) {
+    let path = Path::new("/tmp/fuzz/lockgate.toml");
+    match Config::from_str(text, path) {
+        Ok(c) => {
+            // A valid config renders to a valid config.
+            let again = Config::from_str(&c.render(), path);
+            assert!(
+                again.is_ok(),
+                "render of a valid config is invalid: {again:?}\n{}",
+                c.render()
+            );
+        }
+        Err(ConfigError::Invalid {
+            path: p,
+            line,
+            column,
+            key,
+            message,
+        }) => {
+            assert_eq!(p, "/tmp/fuzz/lockgate.toml");
+            let lines = text.lines().count().max(1);
+            assert!(
+                line >= 1 && line <= lines + 1,
+                "line {line} of {lines}: {message}"
+            );
+            assert!(column >= 1);
+            assert!(!key.is_empty(), "no key named: {message}");
+            assert!(!message.is_empty());
+        }
+        Err(e @ ConfigError::Read { .. }) => panic!("unexpected {e}"),
+    }
+}
+
+#[test]
+fn the_valid_base_config_is_valid() {
+    Config::from_str(VALID, Path::new("/tmp/lockgate.toml")).unwrap();
+}
+
+/// Values that stress the validators.
+fn value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("0".to_owned()),
+        Just("-1".to_owned()),
+        Just("18446744073709551615".to_owned()),
+        Just("\"\"".to_owned()),
+        Just("\"../x\"".to_owned()),
+        Just("\"zookeeper\"".to_owned()),
+        Just("\"[::1]:0\"".to_owned()),
+        Just("true".to_owned()),
+        Just("[]".to_owned()),
+        Just("{}".to_owned()),
+        any::<u32>().prop_map(|n| n.to_string()),
+        "\"[a-z0-9:.\\[\\]/-]{0,20}\"",
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 600, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_changed_value_never_panics(line in 0usize..60, v in value()) {
+        let mut lines: Vec<String> = VALID.lines().map(str::to_owned).collect();
+        let i = line % lines.len();
+        if let Some((k, _)) = lines[i].split_once(" = ") {
+            lines[i] = format!("{k} = {v}");
+        }
+        check(&lines.join("\n"));
+    }
+
+    #[test]
+    fn dropped_or_duplicated_lines_never_panic(line in 0usize..60, dup in any::<bool>()) {
+        let mut lines: Vec<&str> = VALID.lines().collect();
+        let i = line % lines.len();
+        if dup { lines.insert(i, lines[i]); } else { lines.remove(i); }
+        check(&lines.join("\n"));
+    }
+
+    #[test]
+    fn truncated_configs_never_panic(at in 0usize..2000) {
+        let at = at.min(VALID.len());
+        if VALID.is_char_boundary(at) {
+            check(&VALID[..at]);
+        }
+    }
+
+    #[test]
+    fn arbitrary_text_never_panics(text in "\\PC{0,300}") {
+        check(&text);
+    }
+
+    #[test]
+    fn arbitrary_toml_shapes_never_panic(text in "(\\[\\[?[a-z-]{1,16}\\]\\]?\n|[a-z-]{1,16} = (\"[a-z0-9.:]{0,12}\"|[0-9]{1,6}|true)\n){0,12}") {
+        check(&text);
+    }
+}
