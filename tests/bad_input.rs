@@ -14,7 +14,14 @@ fn rss_kib(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
         .unwrap_or(0)
 }
 
@@ -52,7 +59,9 @@ async fn garbage_half_open_and_resets_on_every_listener() {
             match i % 3 {
                 // Garbage, then close.
                 0 => {
-                    let _ = s.write_all(&[0xff, 0x00, 0x13, 0x37, b'\n', b'\r', 0x80]).await;
+                    let _ = s
+                        .write_all(&[0xff, 0x00, 0x13, 0x37, b'\n', b'\r', 0x80])
+                        .await;
                 }
                 // Instantly reset.
                 1 => abort(s),
@@ -66,7 +75,11 @@ async fn garbage_half_open_and_resets_on_every_listener() {
     assert_eq!(http(admin, "GET", "/healthz", &[]).await.0, 200);
     drop(half_open);
     assert!(serves(gated).await);
-    assert!(node.seen.iter().all(|l| !l.contains("lost")), "{:?}", node.seen);
+    assert!(
+        node.seen.iter().all(|l| !l.contains("lost")),
+        "{:?}",
+        node.seen
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,11 +141,17 @@ async fn stalled_peers_keep_memory_bounded() {
         }
     })
     .await;
-    assert!(stalled.is_err(), "64 MiB went into an upstream that never reads");
+    assert!(
+        stalled.is_err(),
+        "64 MiB went into an upstream that never reads"
+    );
     let during = rss_kib(node.pid);
     eprintln!("lockgate RSS: {before} KiB idle, {during} KiB with 16 stalled connections");
     // Kernel socket buffers hold the backlog, not lockgate: its RSS grows by its own buffers only.
-    assert!(during < before + 16 * 1024, "RSS grew from {before} KiB to {during} KiB");
+    assert!(
+        during < before + 16 * 1024,
+        "RSS grew from {before} KiB to {during} KiB"
+    );
 
     // A reader that finally reads gets the flood (the path still works).
     let mut buf = vec![0u8; 1 << 16];

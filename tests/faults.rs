@@ -14,7 +14,8 @@
 //!    for this config (plus `SLACK`).
 //!
 //! Short in CI (`LOCKGATE_FAULTS`, default 20 faults); a long run: `LOCKGATE_FAULTS=500
-//! cargo test --release --test faults -- --nocapture`. The seed is printed (and taken from
+//! cargo test --release --test faults -- --nocapture`; a soak: `LOCKGATE_SOAK_SECS=3600` (it
+//! reports faults injected, failovers and the distribution of recovery times). The seed is printed (and taken from
 //! `LOCKGATE_FAULT_SEED`), with the timeline on failure, so a run can be replayed.
 
 mod common;
@@ -272,7 +273,18 @@ async fn never_two_active_and_nothing_lost_under_random_faults() {
         let _ = writeln!(timeline, "{:>8.3}s  {what}", t0.elapsed().as_secs_f64());
     };
 
-    for n in 0..faults {
+    // Soak mode: keep injecting until LOCKGATE_SOAK_SECS have passed.
+    let soak = Duration::from_secs(
+        std::env::var("LOCKGATE_SOAK_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    );
+    let mut recoveries: Vec<(Fault, Duration)> = Vec::new();
+    let mut failovers = 0usize;
+    let mut n = 0usize;
+    while n < faults || t0.elapsed() < soak {
+        n += 1;
         let active = serving(&ports).await;
         let fault = match rng.below(5) {
             0 => Fault::KillAndRestart,
@@ -362,10 +374,14 @@ async fn never_two_active_and_nothing_lost_under_random_faults() {
                 wait_until_serving(&ports, bound + SLACK).await;
             }
         }
+        let took = injected.elapsed();
+        let now_active = serving(&ports).await;
+        if now_active.is_some() && now_active != active {
+            failovers += 1;
+        }
+        recoveries.push((fault, took));
         log(format!(
-            "  served again after {:?} (bound {:?} + slack)",
-            injected.elapsed(),
-            bound
+            "  served again after {took:?} (bound {bound:?} + slack)"
         ));
     }
 
@@ -373,8 +389,8 @@ async fn never_two_active_and_nothing_lost_under_random_faults() {
     for c in clients {
         c.await.unwrap();
     }
-
-    check(&witnesses, &acked, t0, seed, faults, &timeline);
+    report(&recoveries, failovers);
+    check(&witnesses, &acked, t0, seed, n, &timeline);
     drop(nodes);
 }
 
@@ -671,4 +687,23 @@ async fn zookeeper_never_two_active_and_nothing_lost_under_random_faults() {
     }
     check(&witnesses, &acked, t0, seed, faults, &timeline);
     drop(nodes);
+}
+
+/// The soak report: faults injected, failovers, and the distribution of recovery times.
+fn report(recoveries: &[(Fault, Duration)], failovers: usize) {
+    let mut all: Vec<Duration> = recoveries.iter().map(|(_, d)| *d).collect();
+    all.sort();
+    let pct = |p: f64| {
+        all.get(((p * all.len() as f64).ceil() as usize).clamp(1, all.len().max(1)) - 1)
+            .copied()
+            .unwrap_or_default()
+    };
+    eprintln!(
+        "soak report: {} faults, {failovers} failovers; time to serve again: min {:?}, median {:?}, p99 {:?}, max {:?}",
+        all.len(),
+        all.first().copied().unwrap_or_default(),
+        pct(0.5),
+        pct(0.99),
+        all.last().copied().unwrap_or_default()
+    );
 }

@@ -19,13 +19,23 @@ fn rss_kib(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
         .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_connections_are_served_then_reset_on_lock_loss() {
-    let n: usize = std::env::var("LOCKGATE_LOAD_CONNECTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(9_000);
+    let n: usize = std::env::var("LOCKGATE_LOAD_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(9_000);
     let dir = tempfile::tempdir().unwrap();
     let locks = dir.path().join("locks");
     std::fs::create_dir(&locks).unwrap();
@@ -50,17 +60,25 @@ async fn thousands_of_connections_are_served_then_reset_on_lock_loss() {
     let started = Instant::now();
     let mut conns = Vec::with_capacity(n);
     for i in 0..n {
-        let mut s = tokio::time::timeout(BOUND, tokio::net::TcpStream::connect(("127.0.0.1", port)))
-            .await
-            .unwrap_or_else(|_| panic!("connect {i} timed out"))
-            .unwrap_or_else(|e| panic!("connect {i}: {e}"));
+        let mut s =
+            tokio::time::timeout(BOUND, tokio::net::TcpStream::connect(("127.0.0.1", port)))
+                .await
+                .unwrap_or_else(|_| panic!("connect {i} timed out"))
+                .unwrap_or_else(|e| panic!("connect {i}: {e}"));
         s.write_all(format!("m{i:08}\n").as_bytes()).await.unwrap();
         conns.push(s);
     }
     for (i, s) in conns.iter_mut().enumerate() {
         let mut buf = [0u8; 10];
-        tokio::time::timeout(BOUND, s.read_exact(&mut buf)).await.unwrap().unwrap();
-        assert_eq!(&buf[..], format!("m{i:08}\n").as_bytes(), "connection {i} got another's bytes");
+        tokio::time::timeout(BOUND, s.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            &buf[..],
+            format!("m{i:08}\n").as_bytes(),
+            "connection {i} got another's bytes"
+        );
     }
     let busy = rss_kib(node.pid);
     eprintln!(
@@ -71,16 +89,33 @@ async fn thousands_of_connections_are_served_then_reset_on_lock_loss() {
 
     // The lock goes: every connection is reset, the listener refuses.
     let lost = Instant::now();
-    let (code, body) = http(admin, "POST", "/locks/clients-lock/step-down?hold-off-ms=600000", &[]).await;
+    let (code, body) = http(
+        admin,
+        "POST",
+        "/locks/clients-lock/step-down?hold-off-ms=600000",
+        &[],
+    )
+    .await;
     assert_eq!(code, 200, "{body}");
     node.wait_standby("released: step_down").await;
-    assert!(try_connect(port, Duration::from_secs(1)).await.is_none(), "the listener still accepts");
+    assert!(
+        try_connect(port, Duration::from_secs(1)).await.is_none(),
+        "the listener still accepts"
+    );
     for (i, s) in conns.iter_mut().enumerate() {
         let mut buf = [0u8; 16];
-        let r = tokio::time::timeout(BOUND, s.read(&mut buf)).await.unwrap_or_else(|_| panic!("connection {i} still open"));
-        assert!(matches!(r, Ok(0) | Err(_)), "connection {i} got bytes after the lock went: {r:?}");
+        let r = tokio::time::timeout(BOUND, s.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("connection {i} still open"));
+        assert!(
+            matches!(r, Ok(0) | Err(_)),
+            "connection {i} got bytes after the lock went: {r:?}"
+        );
     }
-    eprintln!("all {n} connections closed {:?} after the lock went", lost.elapsed());
+    eprintln!(
+        "all {n} connections closed {:?} after the lock went",
+        lost.elapsed()
+    );
     drop(conns);
 
     // It comes back: new connections work.
