@@ -412,6 +412,22 @@ pub fn sample(scrape: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
 /// Connects with a bound; `None` if refused or timed out.
 pub async fn try_connect(port: u16, bound: Duration) -> Option<TcpStream> {
     match tokio::time::timeout(bound, TcpStream::connect(("127.0.0.1", port))).await {
