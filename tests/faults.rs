@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use lockgate::config::FailoverBounds;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -152,15 +153,6 @@ impl Drop for Witness {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Fault {
-    KillAndRestart,
-    StopAndContinue(u64),
-    BrokerDies,
-    StepDown,
-    OutOfDescriptors,
-}
-
 /// Failover clients: send `c<id>-<seq>`, wait for the echo, move down the list on failure.
 fn start_clients(
     ports: [u16; NODES],
@@ -220,178 +212,416 @@ async fn serving(ports: &[u16; NODES]) -> Option<usize> {
     None
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn never_two_active_and_nothing_lost_under_random_faults() {
-    let faults: usize = std::env::var("LOCKGATE_FAULTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
-    let seed = seed();
-    eprintln!("fault injection: {faults} faults, seed {seed} (replay: LOCKGATE_FAULT_SEED={seed})");
-    let mut rng = Rng(seed);
+/// Three nodes, their witnesses and configs; the faults every backend shares.
+struct Cluster {
+    witnesses: Vec<Witness>,
+    ports: [u16; NODES],
+    admin: [u16; NODES],
+    configs: Vec<PathBuf>,
+    nodes: Vec<Node>,
+    bounds: FailoverBounds,
+    // Last: the nodes' logs live here.
+    dir: tempfile::TempDir,
+}
 
-    let dir = tempfile::tempdir().unwrap();
-    let locks = dir.path().join("locks");
-    std::fs::create_dir(&locks).unwrap();
-    let mut witnesses = Vec::new();
-    for _ in 0..NODES {
-        witnesses.push(Witness::start().await);
-    }
-    let ports: [u16; NODES] = [free_port(), free_port(), free_port()];
-    let admin: [u16; NODES] = [free_port(), free_port(), free_port()];
-    let configs: Vec<PathBuf> = (0..NODES)
-        .map(|i| {
-            NodeSpec {
-                node_id: &format!("node{i}"),
-                locks: &locks,
-                client_port: ports[i],
-                upstream: witnesses[i].addr,
-                check_period_ms: 300,
-                health: Some((100, 1, 2)),
-                extra: format!("\n[admin]\nlisten = \"127.0.0.1:{}\"\n", admin[i]),
-                zookeeper: None,
-            }
-            .write(dir.path())
-        })
-        .collect();
-    let bounds = lockgate::config::Config::load(&configs[0])
-        .unwrap()
-        .coordinators[0]
-        .failover_bounds();
-    let mut nodes = Vec::new();
-    for (i, c) in configs.iter().enumerate() {
-        nodes.push(Node::start(&format!("node{i}"), c, dir.path()).await);
-    }
-    wait_until_serving(&ports, BOUND).await;
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
-    let clients = start_clients(ports, stop.clone(), acked.clone());
-    let mut timeline = String::new();
-    let t0 = Instant::now();
-    let mut log = |what: String| {
-        let _ = writeln!(timeline, "{:>8.3}s  {what}", t0.elapsed().as_secs_f64());
-    };
-
-    // Soak mode: keep injecting until LOCKGATE_SOAK_SECS have passed.
-    let soak = Duration::from_secs(
-        std::env::var("LOCKGATE_SOAK_SECS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0),
-    );
-    let mut recoveries: Vec<(Fault, Duration)> = Vec::new();
-    let mut failovers = 0usize;
-    let mut n = 0usize;
-    while n < faults || t0.elapsed() < soak {
-        n += 1;
-        let active = serving(&ports).await;
-        let fault = match rng.below(5) {
-            0 => Fault::KillAndRestart,
-            1 => Fault::StopAndContinue(50 + rng.below(250)),
-            2 => Fault::BrokerDies,
-            3 => Fault::StepDown,
-            _ => Fault::OutOfDescriptors,
-        };
-        let target = active.unwrap_or(rng.below(NODES as u64) as usize);
-        log(format!(
-            "fault {n}: {fault:?} on node{target} (active: {active:?})"
-        ));
-        let bound = match fault {
-            Fault::KillAndRestart | Fault::StepDown | Fault::OutOfDescriptors => {
-                bounds.holder_stops
-            }
-            Fault::StopAndContinue(ms) => Duration::from_millis(ms),
-            Fault::BrokerDies => bounds.broker_dies.unwrap_or_default(),
-        };
-        let injected = Instant::now();
-        match fault {
-            Fault::KillAndRestart => {
-                nodes[target].signal(libc::SIGKILL);
-                nodes[target].wait_exit().await;
-                wait_until_serving(&ports, bound + SLACK).await;
-                nodes[target] =
-                    Node::start(&format!("node{target}"), &configs[target], dir.path()).await;
-            }
-            Fault::StopAndContinue(ms) => {
-                nodes[target].signal(libc::SIGSTOP);
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                nodes[target].signal(libc::SIGCONT);
-                wait_until_serving(&ports, SLACK).await;
-            }
-            Fault::BrokerDies => {
-                witnesses[target].kill();
-                wait_until_serving(&ports, bound + SLACK).await;
-                witnesses[target].restart().await;
-            }
-            Fault::StepDown => {
-                let (code, body) = http(
-                    admin[target],
-                    "POST",
-                    "/locks/clients-lock/step-down?hold-off-ms=300",
-                    &[],
-                )
-                .await;
-                assert_eq!(code, 200, "{body}");
-                wait_until_serving(&ports, bound + SLACK).await;
-            }
-            Fault::OutOfDescriptors => {
-                // Lower the node's descriptor limit to what it has open plus a few, open more
-                // connections than that, then restore the limit: it must keep serving.
-                let (_, fds) = nodes[target].threads_and_fds();
-                let limit = fds + 4;
-                // Only the soft limit changes; the hard one stays, so it can be restored.
-                let set = |n: usize, pid: i32| {
-                    std::process::Command::new("prlimit")
-                        .arg(format!("--pid={pid}"))
-                        .arg(format!("--nofile={n}:"))
-                        .status()
-                        .is_ok_and(|s| s.success())
-                };
-                if set(limit, nodes[target].pid) {
-                    let mut held = Vec::new();
-                    for _ in 0..16 {
-                        if let Some(s) =
-                            try_connect(ports[target], Duration::from_millis(100)).await
-                        {
-                            held.push(s);
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    drop(held);
-                    assert!(
-                        set(20000, nodes[target].pid),
-                        "cannot restore the descriptor limit"
-                    );
-                    assert!(
-                        nodes[target].log_text().contains("out of file descriptors"),
-                        "node{target} never ran out of descriptors:\n{}",
-                        nodes[target].log_text()
-                    );
-                } else {
-                    log("prlimit is not available: fault skipped".to_owned());
+impl Cluster {
+    /// `zookeeper(i)`: node i's ZooKeeper keys, or `None` for the shared file lock.
+    async fn start(zookeeper: impl Fn(usize) -> Option<String>) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let locks = dir.path().join("locks");
+        std::fs::create_dir(&locks).unwrap();
+        let mut witnesses = Vec::new();
+        for _ in 0..NODES {
+            witnesses.push(Witness::start().await);
+        }
+        let ports: [u16; NODES] = [free_port(), free_port(), free_port()];
+        let admin: [u16; NODES] = [free_port(), free_port(), free_port()];
+        let configs: Vec<PathBuf> = (0..NODES)
+            .map(|i| {
+                NodeSpec {
+                    node_id: &format!("node{i}"),
+                    locks: &locks,
+                    client_port: ports[i],
+                    upstream: witnesses[i].addr,
+                    check_period_ms: 300,
+                    health: Some((100, 1, 2)),
+                    extra: format!("\n[admin]\nlisten = \"127.0.0.1:{}\"\n", admin[i]),
+                    zookeeper: zookeeper(i),
                 }
-                wait_until_serving(&ports, bound + SLACK).await;
+                .write(dir.path())
+            })
+            .collect();
+        let bounds = lockgate::config::Config::load(&configs[0])
+            .unwrap()
+            .coordinators[0]
+            .failover_bounds();
+        let mut nodes = Vec::new();
+        for (i, c) in configs.iter().enumerate() {
+            nodes.push(Node::start(&format!("node{i}"), c, dir.path()).await);
+        }
+        wait_until_serving(&ports, BOUND).await;
+        Cluster {
+            witnesses,
+            ports,
+            admin,
+            configs,
+            nodes,
+            bounds,
+            dir,
+        }
+    }
+
+    async fn kill_and_restart(&mut self, i: usize, bound: Duration) {
+        self.nodes[i].signal(libc::SIGKILL);
+        self.nodes[i].wait_exit().await;
+        wait_until_serving(&self.ports, bound + SLACK).await;
+        self.nodes[i] = Node::start(&format!("node{i}"), &self.configs[i], self.dir.path()).await;
+    }
+
+    async fn stop_and_continue(&mut self, i: usize, ms: u64) {
+        self.nodes[i].signal(libc::SIGSTOP);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        self.nodes[i].signal(libc::SIGCONT);
+        wait_until_serving(&self.ports, SLACK).await;
+    }
+
+    async fn broker_dies(&mut self, i: usize, bound: Duration) {
+        self.witnesses[i].kill();
+        wait_until_serving(&self.ports, bound + SLACK).await;
+        self.witnesses[i].restart().await;
+    }
+
+    async fn step_down(&self, i: usize, bound: Duration) {
+        let (code, body) = http(
+            self.admin[i],
+            "POST",
+            "/locks/clients-lock/step-down?hold-off-ms=300",
+            &[],
+        )
+        .await;
+        assert_eq!(code, 200, "{body}");
+        wait_until_serving(&self.ports, bound + SLACK).await;
+    }
+
+    /// Lowers node i's descriptor limit to what it has open plus a few, opens more
+    /// connections than that, then restores the limit: it must keep serving.
+    async fn out_of_descriptors(&self, i: usize, bound: Duration) {
+        let (_, fds) = self.nodes[i].threads_and_fds();
+        // Only the soft limit changes; the hard one stays, so it can be restored.
+        let set = |n: usize, pid: i32| {
+            std::process::Command::new("prlimit")
+                .arg(format!("--pid={pid}"))
+                .arg(format!("--nofile={n}:"))
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        assert!(
+            set(fds + 4, self.nodes[i].pid),
+            "prlimit (util-linux) cannot lower the limit"
+        );
+        let mut held = Vec::new();
+        for _ in 0..16 {
+            if let Some(s) = try_connect(self.ports[i], Duration::from_millis(100)).await {
+                held.push(s);
             }
         }
-        let took = injected.elapsed();
-        let now_active = serving(&ports).await;
-        if now_active.is_some() && now_active != active {
-            failovers += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(held);
+        assert!(
+            set(20000, self.nodes[i].pid),
+            "cannot restore the descriptor limit"
+        );
+        assert!(
+            self.nodes[i].log_text().contains("out of file descriptors"),
+            "node{i} never ran out of descriptors:\n{}",
+            self.nodes[i].log_text()
+        );
+        wait_until_serving(&self.ports, bound + SLACK).await;
+    }
+}
+
+/// The clients, the timeline and the recovery times of one run.
+struct Run {
+    seed: u64,
+    rng: Rng,
+    t0: Instant,
+    timeline: String,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<String>>>,
+    clients: Vec<JoinHandle<()>>,
+    recoveries: Vec<Duration>,
+    failovers: usize,
+}
+
+impl Run {
+    fn start(ports: [u16; NODES]) -> Run {
+        let seed = seed();
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+        let clients = start_clients(ports, stop.clone(), acked.clone());
+        Run {
+            seed,
+            rng: Rng(seed),
+            t0: Instant::now(),
+            timeline: String::new(),
+            stop,
+            acked,
+            clients,
+            recoveries: Vec::new(),
+            failovers: 0,
         }
-        recoveries.push((fault, took));
-        log(format!(
+    }
+
+    fn log(&mut self, what: String) {
+        let _ = writeln!(
+            self.timeline,
+            "{:>8.3}s  {what}",
+            self.t0.elapsed().as_secs_f64()
+        );
+    }
+
+    /// Records one fault's recovery.
+    async fn recovered(
+        &mut self,
+        ports: &[u16; NODES],
+        active_before: Option<usize>,
+        injected: Instant,
+        bound: Duration,
+    ) {
+        let took = injected.elapsed();
+        let now = serving(ports).await;
+        if now.is_some() && now != active_before {
+            self.failovers += 1;
+        }
+        self.recoveries.push(took);
+        self.log(format!(
             "  served again after {took:?} (bound {bound:?} + slack)"
         ));
     }
 
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await.unwrap();
+    /// Stops the clients, reports, and runs the checker.
+    async fn finish(self, witnesses: &[Witness]) {
+        self.stop.store(true, Ordering::Relaxed);
+        for c in self.clients {
+            c.await.unwrap();
+        }
+        report(&self.recoveries, self.failovers);
+        check(
+            witnesses,
+            &self.acked,
+            self.t0,
+            self.seed,
+            self.recoveries.len(),
+            &self.timeline,
+        );
     }
-    report(&recoveries, failovers);
-    check(&witnesses, &acked, t0, seed, n, &timeline);
-    drop(nodes);
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    KillAndRestart,
+    StopAndContinue(u64),
+    BrokerDies,
+    StepDown,
+    OutOfDescriptors,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_two_active_and_nothing_lost_under_random_faults() {
+    let faults = env_usize("LOCKGATE_FAULTS", 20);
+    // Soak mode: keep injecting until LOCKGATE_SOAK_SECS have passed.
+    let soak = Duration::from_secs(env_usize("LOCKGATE_SOAK_SECS", 0) as u64);
+    let mut c = Cluster::start(|_| None).await;
+    let mut run = Run::start(c.ports);
+    eprintln!(
+        "fault injection: {faults} faults, seed {} (replay: LOCKGATE_FAULT_SEED={})",
+        run.seed, run.seed
+    );
+    let mut n = 0;
+    while n < faults || run.t0.elapsed() < soak {
+        n += 1;
+        let active = serving(&c.ports).await;
+        let fault = match run.rng.below(5) {
+            0 => Fault::KillAndRestart,
+            1 => Fault::StopAndContinue(50 + run.rng.below(250)),
+            2 => Fault::BrokerDies,
+            3 => Fault::StepDown,
+            _ => Fault::OutOfDescriptors,
+        };
+        let target = active.unwrap_or(run.rng.below(NODES as u64) as usize);
+        run.log(format!(
+            "fault {n}: {fault:?} on node{target} (active: {active:?})"
+        ));
+        let bound = match fault {
+            Fault::KillAndRestart | Fault::StepDown | Fault::OutOfDescriptors => {
+                c.bounds.holder_stops
+            }
+            Fault::StopAndContinue(ms) => Duration::from_millis(ms),
+            Fault::BrokerDies => c.bounds.broker_dies.unwrap_or_default(),
+        };
+        let injected = Instant::now();
+        match fault {
+            Fault::KillAndRestart => c.kill_and_restart(target, bound).await,
+            Fault::StopAndContinue(ms) => c.stop_and_continue(target, ms).await,
+            Fault::BrokerDies => c.broker_dies(target, bound).await,
+            Fault::StepDown => c.step_down(target, bound).await,
+            Fault::OutOfDescriptors => c.out_of_descriptors(target, bound).await,
+        }
+        run.recovered(&c.ports, active, injected, bound).await;
+    }
+    run.finish(&c.witnesses).await;
+}
+
+#[derive(Clone, Copy, Debug)]
+enum ZkFault {
+    KillAndRestart,
+    /// Shorter than F: nothing should change.
+    ShortStop(u64),
+    /// Longer than the session: the standby takes over; the woken holder fences.
+    FrozenPastSession,
+    BrokerDies,
+    StepDown,
+    ZkMemberDies,
+    EnsembleDown,
+    Partition,
+}
+
+/// The same witness and checker with a three-server ZooKeeper ensemble; each node reaches it
+/// through relays that can partition it. `LOCKGATE_ZK_FAULTS` faults (default 6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zookeeper_never_two_active_and_nothing_lost_under_random_faults() {
+    use common::zk::{Ensemble, Relay, available, external};
+    if !available() || external().is_some() {
+        return;
+    }
+    let faults = env_usize("LOCKGATE_ZK_FAULTS", 6);
+    let mut zk = Ensemble::start(3).await;
+    // Relays: node i reaches ZooKeeper member j through relays[i][j].
+    let mut relays: Vec<Vec<Relay>> = Vec::new();
+    for _ in 0..NODES {
+        let mut r = Vec::new();
+        for j in 0..3 {
+            r.push(Relay::start(zk.client_port(j)).await);
+        }
+        relays.push(r);
+    }
+    let connect: Vec<String> = relays
+        .iter()
+        .map(|r| {
+            r.iter()
+                .map(|r| format!("127.0.0.1:{}", r.port))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect();
+    let mut c = Cluster::start(|i| {
+        Some(format!(
+            "connect-string = \"{}\"\nnamespace = \"faults\"\nsession-ms = 4000\nsession-percent = 33\nconnection-ms = 1500",
+            connect[i]
+        ))
+    })
+    .await;
+    let session = c.bounds.holder_dies;
+    let mut run = Run::start(c.ports);
+    eprintln!(
+        "ZooKeeper fault injection: {faults} faults, seed {} (replay: LOCKGATE_FAULT_SEED={})",
+        run.seed, run.seed
+    );
+    for n in 0..faults {
+        let active = serving(&c.ports).await;
+        let fault = match run.rng.below(8) {
+            0 => ZkFault::KillAndRestart,
+            1 => ZkFault::ShortStop(50 + run.rng.below(250)),
+            2 => ZkFault::FrozenPastSession,
+            3 => ZkFault::BrokerDies,
+            4 => ZkFault::StepDown,
+            5 => ZkFault::ZkMemberDies,
+            6 => ZkFault::EnsembleDown,
+            _ => ZkFault::Partition,
+        };
+        let target = active.unwrap_or(run.rng.below(NODES as u64) as usize);
+        run.log(format!(
+            "fault {n}: {fault:?} on node{target} (active: {active:?})"
+        ));
+        let injected = Instant::now();
+        let bound = match fault {
+            ZkFault::KillAndRestart
+            | ZkFault::FrozenPastSession
+            | ZkFault::Partition
+            | ZkFault::EnsembleDown => session,
+            ZkFault::ShortStop(ms) => Duration::from_millis(ms),
+            ZkFault::BrokerDies => c.bounds.broker_dies.unwrap_or_default(),
+            ZkFault::StepDown | ZkFault::ZkMemberDies => c.bounds.holder_stops,
+        };
+        match fault {
+            ZkFault::KillAndRestart => c.kill_and_restart(target, bound).await,
+            ZkFault::ShortStop(ms) => c.stop_and_continue(target, ms).await,
+            ZkFault::FrozenPastSession => {
+                c.nodes[target].signal(libc::SIGSTOP);
+                wait_until_serving(&c.ports, bound + SLACK).await;
+                c.nodes[target].signal(libc::SIGCONT);
+            }
+            ZkFault::BrokerDies => c.broker_dies(target, bound).await,
+            ZkFault::StepDown => c.step_down(target, bound).await,
+            ZkFault::ZkMemberDies => {
+                let member = run.rng.below(3) as usize;
+                zk.kill(member);
+                wait_until_serving(&c.ports, SLACK).await;
+                zk.restart(member).await;
+                zk.wait_serving(member).await;
+            }
+            ZkFault::EnsembleDown => {
+                for j in 0..3 {
+                    zk.kill(j);
+                }
+                // Every node fences within F; then nobody serves until the ensemble returns.
+                let fenced_by = Instant::now() + c.bounds.fence_within + SLACK;
+                while serving(&c.ports).await.is_some() {
+                    assert!(
+                        Instant::now() < fenced_by,
+                        "a node still serves with the ensemble down"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                for j in 0..3 {
+                    zk.restart(j).await;
+                }
+                for j in 0..3 {
+                    zk.wait_serving(j).await;
+                }
+                wait_until_serving(&c.ports, bound + SLACK).await;
+            }
+            ZkFault::Partition => {
+                for r in &relays[target] {
+                    r.blackhole();
+                }
+                // Another node serves once the partitioned holder's session is gone.
+                let deadline = Instant::now() + bound + SLACK;
+                loop {
+                    if serving(&c.ports).await.is_some_and(|i| i != target) {
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "no other node served after node{target} was partitioned"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                for r in &relays[target] {
+                    r.heal();
+                }
+            }
+        }
+        run.recovered(&c.ports, active, injected, bound).await;
+    }
+    run.finish(&c.witnesses).await;
 }
 
 /// Waits until one node serves (a probe round trip), failing after `bound`.
@@ -479,219 +709,9 @@ fn seed() -> u64 {
         })
 }
 
-#[derive(Clone, Copy, Debug)]
-enum ZkFault {
-    KillAndRestart,
-    /// Shorter than F: nothing should change.
-    ShortStop(u64),
-    /// Longer than the session: the standby takes over; the woken holder fences.
-    FrozenPastSession,
-    BrokerDies,
-    StepDown,
-    ZkMemberDies,
-    EnsembleDown,
-    Partition,
-}
-
-/// The same witness and checker with a three-server ZooKeeper ensemble; each node reaches it
-/// through relays that can partition it. `LOCKGATE_ZK_FAULTS` faults (default 6).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn zookeeper_never_two_active_and_nothing_lost_under_random_faults() {
-    use common::zk::{Ensemble, Relay, available, external};
-    if !available() || external().is_some() {
-        return;
-    }
-    let faults: usize = std::env::var("LOCKGATE_ZK_FAULTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(6);
-    let seed = seed();
-    eprintln!(
-        "ZooKeeper fault injection: {faults} faults, seed {seed} (replay: LOCKGATE_FAULT_SEED={seed})"
-    );
-    let mut rng = Rng(seed);
-    let mut zk = Ensemble::start(3).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut witnesses = Vec::new();
-    for _ in 0..NODES {
-        witnesses.push(Witness::start().await);
-    }
-    // Relays: node i reaches ZooKeeper member j through relays[i][j].
-    let mut relays: Vec<Vec<Relay>> = Vec::new();
-    for _ in 0..NODES {
-        let mut r = Vec::new();
-        for j in 0..3 {
-            r.push(Relay::start(zk.client_port(j)).await);
-        }
-        relays.push(r);
-    }
-    let ports: [u16; NODES] = [free_port(), free_port(), free_port()];
-    let admin: [u16; NODES] = [free_port(), free_port(), free_port()];
-    let configs: Vec<PathBuf> = (0..NODES)
-        .map(|i| {
-            let cs: Vec<String> = relays[i].iter().map(|r| format!("127.0.0.1:{}", r.port)).collect();
-            NodeSpec {
-                node_id: &format!("node{i}"),
-                locks: dir.path(),
-                client_port: ports[i],
-                upstream: witnesses[i].addr,
-                check_period_ms: 300,
-                health: Some((100, 1, 2)),
-                extra: format!("\n[admin]\nlisten = \"127.0.0.1:{}\"\n", admin[i]),
-                zookeeper: Some(format!(
-                    "connect-string = \"{}\"\nnamespace = \"faults\"\nsession-ms = 4000\nsession-percent = 33\nconnection-ms = 1500",
-                    cs.join(",")
-                )),
-            }
-            .write(dir.path())
-        })
-        .collect();
-    let bounds = lockgate::config::Config::load(&configs[0])
-        .unwrap()
-        .coordinators[0]
-        .failover_bounds();
-    let session = bounds.holder_dies;
-    let mut nodes = Vec::new();
-    for (i, c) in configs.iter().enumerate() {
-        nodes.push(Node::start(&format!("node{i}"), c, dir.path()).await);
-    }
-    wait_until_serving(&ports, BOUND).await;
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
-    let clients = start_clients(ports, stop.clone(), acked.clone());
-    let mut timeline = String::new();
-    let t0 = Instant::now();
-    let mut log = |what: String| {
-        let _ = writeln!(timeline, "{:>8.3}s  {what}", t0.elapsed().as_secs_f64());
-    };
-    for n in 0..faults {
-        let active = serving(&ports).await;
-        let fault = match rng.below(8) {
-            0 => ZkFault::KillAndRestart,
-            1 => ZkFault::ShortStop(50 + rng.below(250)),
-            2 => ZkFault::FrozenPastSession,
-            3 => ZkFault::BrokerDies,
-            4 => ZkFault::StepDown,
-            5 => ZkFault::ZkMemberDies,
-            6 => ZkFault::EnsembleDown,
-            _ => ZkFault::Partition,
-        };
-        let target = active.unwrap_or(rng.below(NODES as u64) as usize);
-        log(format!(
-            "fault {n}: {fault:?} on node{target} (active: {active:?})"
-        ));
-        let injected = Instant::now();
-        let bound = match fault {
-            ZkFault::KillAndRestart
-            | ZkFault::FrozenPastSession
-            | ZkFault::Partition
-            | ZkFault::EnsembleDown => session,
-            ZkFault::ShortStop(ms) => Duration::from_millis(ms),
-            ZkFault::BrokerDies => bounds.broker_dies.unwrap_or_default(),
-            ZkFault::StepDown | ZkFault::ZkMemberDies => bounds.holder_stops,
-        };
-        match fault {
-            ZkFault::KillAndRestart => {
-                nodes[target].signal(libc::SIGKILL);
-                nodes[target].wait_exit().await;
-                wait_until_serving(&ports, bound + SLACK).await;
-                nodes[target] =
-                    Node::start(&format!("node{target}"), &configs[target], dir.path()).await;
-            }
-            ZkFault::ShortStop(ms) => {
-                nodes[target].signal(libc::SIGSTOP);
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                nodes[target].signal(libc::SIGCONT);
-                wait_until_serving(&ports, SLACK).await;
-            }
-            ZkFault::FrozenPastSession => {
-                nodes[target].signal(libc::SIGSTOP);
-                wait_until_serving(&ports, bound + SLACK).await;
-                nodes[target].signal(libc::SIGCONT);
-            }
-            ZkFault::BrokerDies => {
-                witnesses[target].kill();
-                wait_until_serving(&ports, bound + SLACK).await;
-                witnesses[target].restart().await;
-            }
-            ZkFault::StepDown => {
-                let (code, body) = http(
-                    admin[target],
-                    "POST",
-                    "/locks/clients-lock/step-down?hold-off-ms=300",
-                    &[],
-                )
-                .await;
-                assert_eq!(code, 200, "{body}");
-                wait_until_serving(&ports, bound + SLACK).await;
-            }
-            ZkFault::ZkMemberDies => {
-                let member = rng.below(3) as usize;
-                zk.kill(member);
-                wait_until_serving(&ports, SLACK).await;
-                zk.restart(member).await;
-                zk.wait_serving(member).await;
-            }
-            ZkFault::EnsembleDown => {
-                for j in 0..3 {
-                    zk.kill(j);
-                }
-                // Every node fences within F; then nobody serves until the ensemble returns.
-                let fenced_by = Instant::now() + bounds.fence_within + SLACK;
-                while serving(&ports).await.is_some() {
-                    assert!(
-                        Instant::now() < fenced_by,
-                        "a node still serves with the ensemble down"
-                    );
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                for j in 0..3 {
-                    zk.restart(j).await;
-                }
-                for j in 0..3 {
-                    zk.wait_serving(j).await;
-                }
-                wait_until_serving(&ports, bound + SLACK).await;
-            }
-            ZkFault::Partition => {
-                for r in &relays[target] {
-                    r.blackhole();
-                }
-                // Someone serves again: either the standby, or nobody had to change.
-                let deadline = Instant::now() + bound + SLACK;
-                loop {
-                    match serving(&ports).await {
-                        Some(i) if i != target => break,
-                        _ => {}
-                    }
-                    assert!(
-                        Instant::now() < deadline,
-                        "no other node served after node{target} was partitioned"
-                    );
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                for r in &relays[target] {
-                    r.heal();
-                }
-            }
-        }
-        log(format!(
-            "  served again after {:?} (bound {bound:?} + slack)",
-            injected.elapsed()
-        ));
-    }
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await.unwrap();
-    }
-    check(&witnesses, &acked, t0, seed, faults, &timeline);
-    drop(nodes);
-}
-
 /// The soak report: faults injected, failovers, and the distribution of recovery times.
-fn report(recoveries: &[(Fault, Duration)], failovers: usize) {
-    let mut all: Vec<Duration> = recoveries.iter().map(|(_, d)| *d).collect();
+fn report(recoveries: &[Duration], failovers: usize) {
+    let mut all: Vec<Duration> = recoveries.to_vec();
     all.sort();
     let pct = |p: f64| {
         all.get(((p * all.len() as f64).ceil() as usize).clamp(1, all.len().max(1)) - 1)
