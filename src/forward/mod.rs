@@ -1,23 +1,33 @@
 //! The data path: moves bytes both ways between a downstream and an upstream socket.
 //!
-//! Contract (the zero-copy path must keep it too):
+//! Contract (both paths keep it):
 //! - every byte read from one side is written to the other before anything else happens;
 //! - end of stream on one side becomes a write-shutdown (FIN) on the other, and the other
 //!   direction keeps flowing, so a client that shuts its write side still gets the whole reply;
 //! - once one direction has ended, the other may run for at most `half_close_timeout`;
-//! - an error names the side that failed; the caller then resets both legs.
+//! - an error names the side that failed; the caller then resets both legs;
+//! - an idle direction holds no buffer and no pipe: they are taken when bytes arrive and given
+//!   back when the source has nothing more to read.
+//!
+//! Two paths move the bytes of one direction, chosen by [`forward`]:
+//! - [`splice`] (Linux, the default): splice(2) from the source socket into a pipe, then from
+//!   the pipe into the destination socket; the bytes never enter user space.
+//! - [`copy`] (portable): read into a buffer, write it out. Used off Linux, when a route sets
+//!   `zero-copy = false`, and when splice reports `EINVAL` before any byte moved (a socket
+//!   type or kernel without splice support), or no pipe can be made.
 //!
 //! `forward` knows nothing of locks: cancellation is the caller's `select!`.
+
+pub mod copy;
+pub mod proxy_protocol;
+#[cfg(target_os = "linux")]
+pub mod splice;
 
 use std::io;
 use std::time::Duration;
 
 use metrics::Counter;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// Size of the buffer of each direction.
-const BUFFER_BYTES: usize = 16 * 1024;
 
 /// Which leg failed. Also the `side` word in logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,11 +57,19 @@ pub enum ForwardError {
     HalfCloseTimeout(Duration),
 }
 
+impl ForwardError {
+    fn io(side: Side) -> impl FnOnce(io::Error) -> ForwardError {
+        move |source| ForwardError::Io { side, source }
+    }
+}
+
 /// Bytes moved in each direction.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Totals {
     pub to_upstream: u64,
     pub to_downstream: u64,
+    /// Of those, the bytes moved by splice (both directions).
+    pub spliced: u64,
 }
 
 /// Pre-built metric handles of one route, so the hot path does no label lookups.
@@ -61,79 +79,190 @@ pub struct Counters {
     pub to_downstream: Counter,
 }
 
-/// Forwards until both directions have ended. See the module doc for the contract.
-pub async fn forward(
-    downstream: &mut TcpStream,
-    upstream: &mut TcpStream,
-    half_close_timeout: Duration,
-    counters: &Counters,
-) -> Result<Totals, ForwardError> {
-    let (mut dr, mut dw) = downstream.split();
-    let (mut ur, mut uw) = upstream.split();
-    let up = pump(
-        &mut dr,
-        Side::Downstream,
-        &mut uw,
-        Side::Upstream,
-        &counters.to_upstream,
-    );
-    let down = pump(
-        &mut ur,
-        Side::Upstream,
-        &mut dw,
-        Side::Downstream,
-        &counters.to_downstream,
-    );
-    tokio::pin!(up, down);
-    let mut totals = Totals::default();
-    tokio::select! {
-        r = &mut up => {
-            totals.to_upstream = r?;
-            totals.to_downstream = tokio::time::timeout(half_close_timeout, &mut down)
-                .await
-                .map_err(|_| ForwardError::HalfCloseTimeout(half_close_timeout))??;
-        }
-        r = &mut down => {
-            totals.to_downstream = r?;
-            totals.to_upstream = tokio::time::timeout(half_close_timeout, &mut up)
-                .await
-                .map_err(|_| ForwardError::HalfCloseTimeout(half_close_timeout))??;
-        }
-    }
-    Ok(totals)
+/// How one connection is forwarded.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// How long one direction may still flow after the other ended.
+    pub half_close_timeout: Duration,
+    /// Use splice(2) where the platform has it; `false` forces the copy path.
+    pub zero_copy: bool,
 }
 
-/// Copies one direction to its end, then shuts the writer's write side.
-async fn pump<R, W>(
-    reader: &mut R,
-    from: Side,
-    writer: &mut W,
-    to: Side,
-    counter: &Counter,
-) -> Result<u64, ForwardError>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; BUFFER_BYTES];
-    let mut total = 0u64;
-    loop {
-        let n = reader
-            .read(&mut buf)
-            .await
-            .map_err(|source| ForwardError::Io { side: from, source })?;
-        if n == 0 {
-            writer
-                .shutdown()
-                .await
-                .map_err(|source| ForwardError::Io { side: to, source })?;
-            return Ok(total);
+/// One direction's end: bytes moved, and how many of them by splice.
+#[derive(Debug, Default, Clone, Copy)]
+struct Moved {
+    total: u64,
+    spliced: u64,
+}
+
+/// The two ends of one direction.
+#[derive(Clone, Copy)]
+struct Direction<'a> {
+    from: &'a TcpStream,
+    from_side: Side,
+    to: &'a TcpStream,
+    to_side: Side,
+    counter: &'a Counter,
+}
+
+/// Forwards until both directions have ended. See the module doc for the contract.
+pub async fn forward(
+    downstream: &TcpStream,
+    upstream: &TcpStream,
+    settings: Settings,
+    counters: &Counters,
+) -> Result<Totals, ForwardError> {
+    let up = pump(
+        Direction {
+            from: downstream,
+            from_side: Side::Downstream,
+            to: upstream,
+            to_side: Side::Upstream,
+            counter: &counters.to_upstream,
+        },
+        settings.zero_copy,
+    );
+    let down = pump(
+        Direction {
+            from: upstream,
+            from_side: Side::Upstream,
+            to: downstream,
+            to_side: Side::Downstream,
+            counter: &counters.to_downstream,
+        },
+        settings.zero_copy,
+    );
+    tokio::pin!(up, down);
+    let timeout = settings.half_close_timeout;
+    let late = |_| ForwardError::HalfCloseTimeout(timeout);
+    let (to_upstream, to_downstream) = tokio::select! {
+        r = &mut up => {
+            let u = r?;
+            (u, tokio::time::timeout(timeout, &mut down).await.map_err(late)??)
         }
-        writer
-            .write_all(&buf[..n])
-            .await
-            .map_err(|source| ForwardError::Io { side: to, source })?;
-        total += n as u64;
-        counter.increment(n as u64);
+        r = &mut down => {
+            let d = r?;
+            (tokio::time::timeout(timeout, &mut up).await.map_err(late)??, d)
+        }
+    };
+    Ok(Totals {
+        to_upstream: to_upstream.total,
+        to_downstream: to_downstream.total,
+        spliced: to_upstream.spliced + to_downstream.spliced,
+    })
+}
+
+/// Moves one direction to its end, then shuts the destination's write side: by splice when
+/// asked and possible, else (or from where splice gave up) by copy.
+async fn pump(d: Direction<'_>, zero_copy: bool) -> Result<Moved, ForwardError> {
+    #[cfg(target_os = "linux")]
+    if zero_copy {
+        match splice::pump(d).await? {
+            splice::Outcome::Done(moved) => return Ok(moved),
+            splice::Outcome::Unsupported { moved, pending } => {
+                let rest = copy::pump(d, pending).await?;
+                return Ok(Moved {
+                    total: moved.total + rest.total,
+                    spliced: moved.spliced,
+                });
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = zero_copy;
+    copy::pump(d, Vec::new()).await
+}
+
+/// Shuts the write side of `to` (a FIN): the end of one direction.
+fn shutdown_write(to: &TcpStream) -> io::Result<()> {
+    match socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write) {
+        // The peer is already gone: the other direction will report it.
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+        r => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A connected pair of loopback sockets.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    fn counters() -> Counters {
+        Counters {
+            to_upstream: Counter::noop(),
+            to_downstream: Counter::noop(),
+        }
+    }
+
+    /// client <-> (proxy_down | forward | proxy_up) <-> server, both ways with half-close.
+    async fn both_ways(zero_copy: bool) -> Totals {
+        let (mut client, proxy_down) = pair().await;
+        let (proxy_up, mut server) = pair().await;
+        let settings = Settings {
+            half_close_timeout: Duration::from_secs(30),
+            zero_copy,
+        };
+        let fwd = tokio::spawn(async move {
+            let c = counters();
+            forward(&proxy_down, &proxy_up, settings, &c).await
+        });
+        let up: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let down: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+        let (u2, d2) = (up.clone(), down.clone());
+        let c = tokio::spawn(async move {
+            client.write_all(&u2).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let s = tokio::spawn(async move {
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).await.unwrap();
+            // The reply goes out after the client's FIN arrived: half-close.
+            server.write_all(&d2).await.unwrap();
+            server.shutdown().await.unwrap();
+            got
+        });
+        assert!(s.await.unwrap() == up);
+        assert!(c.await.unwrap() == down);
+        let t = fwd.await.unwrap().unwrap();
+        assert_eq!((t.to_upstream, t.to_downstream), (300_000, 200_000));
+        t
+    }
+
+    #[tokio::test]
+    async fn copy_path_both_ways() {
+        assert_eq!(both_ways(false).await.spliced, 0);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn splice_path_both_ways() {
+        assert_eq!(both_ways(true).await.spliced, 500_000);
+    }
+
+    #[tokio::test]
+    async fn half_close_is_bounded() {
+        let (mut client, proxy_down) = pair().await;
+        let (proxy_up, _server) = pair().await;
+        let settings = Settings {
+            half_close_timeout: Duration::from_millis(50),
+            zero_copy: true,
+        };
+        client.shutdown().await.unwrap();
+        // The server never closes its side: the connection must not linger.
+        let c = counters();
+        let r = forward(&proxy_down, &proxy_up, settings, &c).await;
+        assert!(matches!(r, Err(ForwardError::HalfCloseTimeout(_))), "{r:?}");
     }
 }

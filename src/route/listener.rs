@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::config::RouteConfig;
+use crate::config::{ProxyProtocol, RouteConfig};
 use crate::forward::{self, Counters};
 use crate::metrics as m;
 
@@ -159,8 +159,37 @@ impl Drop for ActiveGuard {
     }
 }
 
+/// Sends the route's PROXY protocol header, if any, then forwards.
+async fn proxy_then_forward(
+    downstream: &TcpStream,
+    upstream: &TcpStream,
+    peer: SocketAddr,
+    route: &RouteRuntime,
+    settings: forward::Settings,
+) -> Result<forward::Totals, forward::ForwardError> {
+    match route.cfg.proxy_protocol {
+        ProxyProtocol::None => {}
+        ProxyProtocol::V2 => {
+            let local = downstream
+                .local_addr()
+                .map_err(|source| forward::ForwardError::Io {
+                    side: forward::Side::Downstream,
+                    source,
+                })?;
+            let header = forward::proxy_protocol::v2_header(peer, local);
+            forward::copy::write_all(upstream, &header)
+                .await
+                .map_err(|source| forward::ForwardError::Io {
+                    side: forward::Side::Upstream,
+                    source,
+                })?;
+        }
+    }
+    forward::forward(downstream, upstream, settings, &route.counters).await
+}
+
 async fn serve(
-    mut downstream: TcpStream,
+    downstream: TcpStream,
     peer: SocketAddr,
     route: Arc<RouteRuntime>,
     kill: CancellationToken,
@@ -180,7 +209,7 @@ async fn serve(
         }
         r = connect => r,
     };
-    let mut upstream = match upstream {
+    let upstream = match upstream {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             let reason = if e.kind() == io::ErrorKind::ConnectionRefused {
@@ -201,13 +230,17 @@ async fn serve(
         }
     };
     tune(&upstream);
+    let settings = forward::Settings {
+        half_close_timeout: route.cfg.half_close_timeout,
+        zero_copy: route.cfg.zero_copy,
+    };
     let result = tokio::select! {
         _ = kill.cancelled() => None,
-        r = forward::forward(&mut downstream, &mut upstream, route.cfg.half_close_timeout, &route.counters) => Some(r),
+        r = proxy_then_forward(&downstream, &upstream, peer, &route, settings) => Some(r),
     };
     match result {
         Some(Ok(t)) => {
-            debug!(route = name, %peer, to_upstream = t.to_upstream, to_downstream = t.to_downstream, "connection closed");
+            debug!(route = name, %peer, to_upstream = t.to_upstream, to_downstream = t.to_downstream, spliced = t.spliced, "connection closed");
         }
         Some(Err(e)) => {
             debug!(route = name, %peer, error = %e, "connection ended abnormally; resetting both legs");

@@ -1,0 +1,66 @@
+//! The portable path: read into a buffer, write it out.
+//!
+//! The buffer is allocated when the source becomes readable and freed as soon as the source
+//! has nothing more to read, so an idle connection holds no buffer at all; it is not zeroed
+//! (`try_read_buf` reads into spare capacity).
+
+use std::io;
+
+use tokio::net::TcpStream;
+
+use super::{Direction, ForwardError, Moved, shutdown_write};
+
+/// Size of the buffer of a direction while it is moving bytes.
+pub const BUFFER_BYTES: usize = 64 * 1024;
+
+/// Copies one direction to its end, then shuts the destination's write side. `pending`
+/// bytes (taken over from another path) are written first.
+pub(super) async fn pump(d: Direction<'_>, pending: Vec<u8>) -> Result<Moved, ForwardError> {
+    let mut total = 0u64;
+    if !pending.is_empty() {
+        write_all(d.to, &pending)
+            .await
+            .map_err(ForwardError::io(d.to_side))?;
+        total += pending.len() as u64;
+        d.counter.increment(pending.len() as u64);
+    }
+    drop(pending);
+    let mut buf: Option<Vec<u8>> = None;
+    loop {
+        d.from
+            .readable()
+            .await
+            .map_err(ForwardError::io(d.from_side))?;
+        let b = buf.get_or_insert_with(|| Vec::with_capacity(BUFFER_BYTES));
+        b.clear();
+        match d.from.try_read_buf(b) {
+            Ok(0) => {
+                shutdown_write(d.to).map_err(ForwardError::io(d.to_side))?;
+                return Ok(Moved { total, spliced: 0 });
+            }
+            Ok(n) => {
+                write_all(d.to, &b[..n])
+                    .await
+                    .map_err(ForwardError::io(d.to_side))?;
+                total += n as u64;
+                d.counter.increment(n as u64);
+            }
+            // Nothing more to read for now: give the buffer back while idle.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => buf = None,
+            Err(e) => return Err(ForwardError::io(d.from_side)(e)),
+        }
+    }
+}
+
+/// Writes every byte of `bytes`, waiting for room as needed.
+pub async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match to.try_write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! The zero-copy path (Linux): splice(2) from the source socket into a pipe, then from the
+//! pipe into the destination socket. The bytes stay in kernel pages; lockgate only moves
+//! page references.
+//!
+//! One cycle: when the source is readable, fill the **empty** pipe from it, then drain the pipe
+//! **completely** into the destination, then start again. Because the pipe is empty on every
+//! fill and non-empty on every drain, an `EAGAIN` always belongs to the socket (source empty,
+//! or destination's send buffer full), never to the pipe, and it goes to tokio's readiness
+//! (`try_io` clears it) like any socket `EAGAIN`.
+//!
+//! Pipes are taken when bytes arrive and given back to a small process-wide pool when the
+//! source has nothing more to read (the pipe is empty then), so an idle connection holds no
+//! pipe, and a busy one does not pay pipe2/fcntl/close per burst. Each pipe is asked for
+//! [`PIPE_BYTES`]; the kernel may give less (an unprivileged user past
+//! `fs.pipe-user-pages-soft`, or a size above `fs.pipe-max-size`), so the real size is read
+//! back and used.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::Mutex;
+
+use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_getpipe_size, fcntl_setpipe_size, pipe_with};
+use tokio::io::Interest;
+
+use super::{Direction, ForwardError, Moved, shutdown_write};
+
+/// The capacity asked of each pipe (the kernel's default is 64 KiB).
+pub const PIPE_BYTES: usize = 256 * 1024;
+/// Empty pipes kept for reuse; more are closed when given back.
+pub const POOL_PIPES: usize = 64;
+
+const FLAGS: SpliceFlags = SpliceFlags::NONBLOCK.union(SpliceFlags::MOVE);
+
+/// A pipe of known capacity, empty whenever it is not held by a direction.
+pub struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    size: usize,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        let (read, write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+        // Refused past the pipe budget: the pipe keeps the size it was born with.
+        let _ = fcntl_setpipe_size(&write, PIPE_BYTES);
+        let size = fcntl_getpipe_size(&write)?;
+        Ok(Pipe { read, write, size })
+    }
+
+    /// The capacity the kernel granted.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+}
+
+static POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
+
+/// An empty pipe: from the pool, or a new one.
+pub fn take_pipe() -> io::Result<Pipe> {
+    let pooled = POOL.lock().unwrap_or_else(|e| e.into_inner()).pop();
+    match pooled {
+        Some(p) => Ok(p),
+        None => Pipe::new(),
+    }
+}
+
+/// Gives back an empty pipe.
+fn give_back(pipe: Pipe) {
+    let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    if pool.len() < POOL_PIPES {
+        pool.push(pipe);
+    }
+}
+
+/// How a direction ended on this path.
+pub(super) enum Outcome {
+    /// The source ended and the destination's write side is shut.
+    Done(Moved),
+    /// Splice cannot serve these sockets; the copy path takes over from here. `pending` are
+    /// bytes already taken from the source and not yet written.
+    Unsupported { moved: Moved, pending: Vec<u8> },
+}
+
+/// Moves one direction by splice to its end, or until splice turns out unusable.
+pub(super) async fn pump(d: Direction<'_>) -> Result<Outcome, ForwardError> {
+    let mut moved = Moved::default();
+    let mut held: Option<Pipe> = None;
+    loop {
+        // Fill: the pipe is empty here.
+        d.from
+            .readable()
+            .await
+            .map_err(ForwardError::io(d.from_side))?;
+        let pipe = match held.take() {
+            Some(p) => p,
+            None => match take_pipe() {
+                Ok(p) => p,
+                // Out of descriptors or pipe memory: copy instead, from here on.
+                Err(_) => {
+                    return Ok(Outcome::Unsupported {
+                        moved,
+                        pending: Vec::new(),
+                    });
+                }
+            },
+        };
+        let filled = d.from.try_io(Interest::READABLE, || {
+            rustix::pipe::splice(d.from, None, &pipe.write, None, pipe.size, FLAGS)
+                .map_err(io::Error::from)
+        });
+        let n = match filled {
+            Ok(0) => {
+                give_back(pipe);
+                shutdown_write(d.to).map_err(ForwardError::io(d.to_side))?;
+                return Ok(Outcome::Done(moved));
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Nothing more to read for now: the pipe goes back while we wait.
+                give_back(pipe);
+                continue;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && moved.total == 0 => {
+                give_back(pipe);
+                return Ok(Outcome::Unsupported {
+                    moved,
+                    pending: Vec::new(),
+                });
+            }
+            Err(e) => return Err(ForwardError::io(d.from_side)(e)),
+        };
+        // Drain: the pipe holds `left` bytes; all of them go out before the next fill.
+        let mut left = n;
+        while left > 0 {
+            d.to.writable().await.map_err(ForwardError::io(d.to_side))?;
+            let drained = d.to.try_io(Interest::WRITABLE, || {
+                rustix::pipe::splice(&pipe.read, None, d.to, None, left, FLAGS)
+                    .map_err(io::Error::from)
+            });
+            match drained {
+                Ok(0) => return Err(ForwardError::io(d.to_side)(io::ErrorKind::WriteZero.into())),
+                Ok(m) => {
+                    left -= m;
+                    moved.total += m as u64;
+                    moved.spliced += m as u64;
+                    d.counter.increment(m as u64);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) && moved.total == 0 => {
+                    // The destination takes no splice: hand the pipe's bytes to the copy path.
+                    let pending =
+                        empty_into_vec(&pipe, left).map_err(ForwardError::io(d.from_side))?;
+                    return Ok(Outcome::Unsupported { moved, pending });
+                }
+                // A pipe that still holds bytes is dropped, never pooled.
+                Err(e) => return Err(ForwardError::io(d.to_side)(e)),
+            }
+        }
+        held = Some(pipe);
+    }
+}
+
+/// Reads `len` bytes out of a pipe that holds exactly that many.
+fn empty_into_vec(pipe: &Pipe, len: usize) -> io::Result<Vec<u8>> {
+    let mut out = vec![0u8; len];
+    let mut at = 0;
+    while at < len {
+        match rustix::io::read(&pipe.read, &mut out[at..])? {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n => at += n,
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipes_report_their_real_size_and_are_reused() {
+        let p = take_pipe().unwrap();
+        assert!(p.size() >= 4096, "{}", p.size());
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&p.read);
+        give_back(p);
+        let again = take_pipe().unwrap();
+        // Another test may have taken it in between; when it is ours, it is the same pipe.
+        if std::os::fd::AsRawFd::as_raw_fd(&again.read) == fd {
+            assert!(again.size() >= 4096);
+        }
+        give_back(again);
+    }
+}
