@@ -487,7 +487,7 @@ fn validate(raw: RawConfig, base: &Path, path: &Path) -> Result<Config, Bad> {
                 "half-close-timeout-ms",
                 DEFAULT_HALF_CLOSE_TIMEOUT_MS,
             )?,
-            zero_copy: r.zero_copy.map_or(true, Spanned::into_inner),
+            zero_copy: r.zero_copy.is_none_or(Spanned::into_inner),
             proxy_protocol,
         });
     }
