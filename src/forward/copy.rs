@@ -8,47 +8,59 @@ use std::io;
 
 use tokio::net::TcpStream;
 
-use super::{Direction, ForwardError, Moved, shutdown_write};
+use super::{Direction, ForwardError, Moved, readable, shutdown_write, writable};
 
 /// Size of the buffer of a direction while it is moving bytes.
 pub const BUFFER_BYTES: usize = 64 * 1024;
 
 /// Copies one direction to its end, then shuts the destination's write side. `pending`
 /// bytes (taken over from another path) are written first.
-pub(super) async fn pump(d: Direction<'_>, pending: Vec<u8>) -> Result<Moved, ForwardError> {
+pub(super) async fn pump(d: &Direction<'_>, pending: Vec<u8>) -> Result<Moved, ForwardError> {
     let mut total = 0u64;
-    if !pending.is_empty() {
-        write_all(d.to, &pending)
-            .await
-            .map_err(ForwardError::io(d.to_side))?;
-        total += pending.len() as u64;
-        d.counter.increment(pending.len() as u64);
-    }
-    drop(pending);
-    let mut buf: Option<Vec<u8>> = None;
+    // `buf` holds `buf.len()` bytes not yet written, or is empty; `None` while idle.
+    let mut buf: Option<Vec<u8>> = (!pending.is_empty()).then_some(pending);
     loop {
-        d.from
-            .readable()
-            .await
-            .map_err(ForwardError::io(d.from_side))?;
-        let b = buf.get_or_insert_with(|| Vec::with_capacity(BUFFER_BYTES));
-        b.clear();
-        match d.from.try_read_buf(b) {
-            Ok(0) => {
-                shutdown_write(d.to).map_err(ForwardError::io(d.to_side))?;
-                return Ok(Moved { total, spliced: 0 });
-            }
-            Ok(n) => {
-                write_all(d.to, &b[..n])
+        let b = match &mut buf {
+            Some(b) if !b.is_empty() => b,
+            _ => {
+                readable(d.from)
                     .await
-                    .map_err(ForwardError::io(d.to_side))?;
-                total += n as u64;
-                d.counter.increment(n as u64);
+                    .map_err(ForwardError::io(d.from_side))?;
+                let b = buf.get_or_insert_with(|| Vec::with_capacity(BUFFER_BYTES));
+                b.clear();
+                match d.from.try_read_buf(b) {
+                    Ok(0) => {
+                        shutdown_write(d.to).map_err(ForwardError::io(d.to_side))?;
+                        return Ok(Moved { total, spliced: 0 });
+                    }
+                    Ok(_) => b,
+                    // Nothing more to read for now: give the buffer back while idle.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        buf = None;
+                        continue;
+                    }
+                    Err(e) => return Err(ForwardError::io(d.from_side)(e)),
+                }
             }
-            // Nothing more to read for now: give the buffer back while idle.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => buf = None,
-            Err(e) => return Err(ForwardError::io(d.from_side)(e)),
+        };
+        // Write all of it before reading again (inline rather than a `write_all` future, so
+        // the connection's future stays small).
+        let mut at = 0;
+        while at < b.len() {
+            match d.to.try_write(&b[at..]) {
+                Ok(0) => {
+                    return Err(ForwardError::io(d.to_side)(io::ErrorKind::WriteZero.into()));
+                }
+                Ok(n) => at += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    writable(d.to).await.map_err(ForwardError::io(d.to_side))?
+                }
+                Err(e) => return Err(ForwardError::io(d.to_side)(e)),
+            }
         }
+        total += at as u64;
+        d.counter.increment(at as u64);
+        b.clear();
     }
 }
 
@@ -58,7 +70,7 @@ pub async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
         match to.try_write(bytes) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable(to).await?,
             Err(e) => return Err(e),
         }
     }

@@ -28,6 +28,8 @@ use std::time::Duration;
 
 use metrics::Counter;
 use tokio::net::TcpStream;
+#[cfg(target_os = "linux")]
+use tokio_util::either::Either;
 
 /// Which leg failed. Also the `side` word in logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +90,16 @@ pub struct Settings {
     pub zero_copy: bool,
 }
 
+/// How a direction ended on the path that started it.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+enum Outcome {
+    /// The source ended and the destination's write side is shut.
+    Done(Moved),
+    /// Splice cannot serve these sockets; the copy path takes over from here. `pending` are
+    /// bytes already taken from the source and not yet written.
+    Unsupported { moved: Moved, pending: Vec<u8> },
+}
+
 /// One direction's end: bytes moved, and how many of them by splice.
 #[derive(Debug, Default, Clone, Copy)]
 struct Moved {
@@ -96,7 +108,6 @@ struct Moved {
 }
 
 /// The two ends of one direction.
-#[derive(Clone, Copy)]
 struct Direction<'a> {
     from: &'a TcpStream,
     from_side: Side,
@@ -112,37 +123,44 @@ pub async fn forward(
     settings: Settings,
     counters: &Counters,
 ) -> Result<Totals, ForwardError> {
-    let up = pump(
-        Direction {
-            from: downstream,
-            from_side: Side::Downstream,
-            to: upstream,
-            to_side: Side::Upstream,
-            counter: &counters.to_upstream,
-        },
-        settings.zero_copy,
-    );
-    let down = pump(
-        Direction {
-            from: upstream,
-            from_side: Side::Upstream,
-            to: downstream,
-            to_side: Side::Downstream,
-            counter: &counters.to_downstream,
-        },
-        settings.zero_copy,
-    );
+    let up = Direction {
+        from: downstream,
+        from_side: Side::Downstream,
+        to: upstream,
+        to_side: Side::Upstream,
+        counter: &counters.to_upstream,
+    };
+    let down = Direction {
+        from: upstream,
+        from_side: Side::Upstream,
+        to: downstream,
+        to_side: Side::Downstream,
+        counter: &counters.to_downstream,
+    };
+    let up = pump(&up, settings.zero_copy);
+    let down = pump(&down, settings.zero_copy);
     tokio::pin!(up, down);
     let timeout = settings.half_close_timeout;
-    let late = |_| ForwardError::HalfCloseTimeout(timeout);
+    // The timer exists only once a direction has ended (boxed: an open connection does not
+    // carry its size).
+    let late = || async move {
+        Box::pin(tokio::time::sleep(timeout)).await;
+        ForwardError::HalfCloseTimeout(timeout)
+    };
     let (to_upstream, to_downstream) = tokio::select! {
         r = &mut up => {
             let u = r?;
-            (u, tokio::time::timeout(timeout, &mut down).await.map_err(late)??)
+            tokio::select! {
+                d = &mut down => (u, d?),
+                e = late() => return Err(e),
+            }
         }
         r = &mut down => {
             let d = r?;
-            (tokio::time::timeout(timeout, &mut up).await.map_err(late)??, d)
+            tokio::select! {
+                u = &mut up => (u?, d),
+                e = late() => return Err(e),
+            }
         }
     };
     Ok(Totals {
@@ -154,23 +172,42 @@ pub async fn forward(
 
 /// Moves one direction to its end, then shuts the destination's write side: by splice when
 /// asked and possible, else (or from where splice gave up) by copy.
-async fn pump(d: Direction<'_>, zero_copy: bool) -> Result<Moved, ForwardError> {
+async fn pump(d: &Direction<'_>, zero_copy: bool) -> Result<Moved, ForwardError> {
+    // One of the two futures lives in the connection's future, never both (an `Either`
+    // overlaps them); the copy that takes over from splice is boxed, as it is rare.
     #[cfg(target_os = "linux")]
-    if zero_copy {
-        match splice::pump(d).await? {
-            splice::Outcome::Done(moved) => return Ok(moved),
-            splice::Outcome::Unsupported { moved, pending } => {
-                let rest = copy::pump(d, pending).await?;
-                return Ok(Moved {
-                    total: moved.total + rest.total,
-                    spliced: moved.spliced,
-                });
-            }
+    let path = if zero_copy {
+        Either::Left(splice::pump(d))
+    } else {
+        Either::Right(async move { copy::pump(d, Vec::new()).await.map(Outcome::Done) })
+    };
+    #[cfg(not(target_os = "linux"))]
+    let path = {
+        let _ = zero_copy;
+        async move { copy::pump(d, Vec::new()).await.map(Outcome::Done) }
+    };
+    match path.await? {
+        Outcome::Done(moved) => Ok(moved),
+        Outcome::Unsupported { moved, pending } => {
+            let rest = Box::pin(copy::pump(d, pending)).await?;
+            Ok(Moved {
+                total: moved.total + rest.total,
+                spliced: moved.spliced,
+            })
         }
     }
-    #[cfg(not(target_os = "linux"))]
-    let _ = zero_copy;
-    copy::pump(d, Vec::new()).await
+}
+
+/// Waits until `s` is readable. Each socket has one reader and one writer (the two directions
+/// of one connection), so the stream's own waker slots serve: no waiter node lives in the
+/// connection's future, which keeps an idle connection small.
+async fn readable(s: &TcpStream) -> io::Result<()> {
+    std::future::poll_fn(|cx| s.poll_read_ready(cx)).await
+}
+
+/// Waits until `s` is writable; see [`readable`].
+async fn writable(s: &TcpStream) -> io::Result<()> {
+    std::future::poll_fn(|cx| s.poll_write_ready(cx)).await
 }
 
 /// Shuts the write side of `to` (a FIN): the end of one direction.

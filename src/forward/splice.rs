@@ -22,10 +22,18 @@ use std::sync::Mutex;
 use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_getpipe_size, fcntl_setpipe_size, pipe_with};
 use tokio::io::Interest;
 
-use super::{Direction, ForwardError, Moved, shutdown_write};
+use super::{Direction, ForwardError, Moved, Outcome, readable, shutdown_write, writable};
 
 /// The capacity asked of each pipe (the kernel's default is 64 KiB).
 pub const PIPE_BYTES: usize = 256 * 1024;
+fn pipe_bytes() -> usize {
+    std::env::var("LOCKGATE_PIPE_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(PIPE_BYTES)
+}
+/// A pipe smaller than this (the kernel's default size) is not worth splicing through.
+pub const MIN_PIPE_BYTES: usize = 64 * 1024;
 /// Empty pipes kept for reuse; more are closed when given back.
 pub const POOL_PIPES: usize = 64;
 
@@ -42,8 +50,14 @@ impl Pipe {
     fn new() -> io::Result<Pipe> {
         let (read, write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
         // Refused past the pipe budget: the pipe keeps the size it was born with.
-        let _ = fcntl_setpipe_size(&write, PIPE_BYTES);
+        let _ = fcntl_setpipe_size(&write, pipe_bytes());
         let size = fcntl_getpipe_size(&write)?;
+        if size < MIN_PIPE_BYTES {
+            // Past `fs.pipe-user-pages-soft` new pipes get two pages: copying is faster.
+            return Err(io::Error::other(format!(
+                "pipe budget exhausted: the kernel granted a {size} B pipe"
+            )));
+        }
         Ok(Pipe { read, write, size })
     }
 
@@ -72,30 +86,20 @@ fn give_back(pipe: Pipe) {
     }
 }
 
-/// How a direction ended on this path.
-pub(super) enum Outcome {
-    /// The source ended and the destination's write side is shut.
-    Done(Moved),
-    /// Splice cannot serve these sockets; the copy path takes over from here. `pending` are
-    /// bytes already taken from the source and not yet written.
-    Unsupported { moved: Moved, pending: Vec<u8> },
-}
-
 /// Moves one direction by splice to its end, or until splice turns out unusable.
-pub(super) async fn pump(d: Direction<'_>) -> Result<Outcome, ForwardError> {
+pub(super) async fn pump(d: &Direction<'_>) -> Result<Outcome, ForwardError> {
     let mut moved = Moved::default();
     let mut held: Option<Pipe> = None;
     loop {
         // Fill: the pipe is empty here.
-        d.from
-            .readable()
+        readable(d.from)
             .await
             .map_err(ForwardError::io(d.from_side))?;
         let pipe = match held.take() {
             Some(p) => p,
             None => match take_pipe() {
                 Ok(p) => p,
-                // Out of descriptors or pipe memory: copy instead, from here on.
+                // Out of descriptors or of pipe budget: copy instead, from here on.
                 Err(_) => {
                     return Ok(Outcome::Unsupported {
                         moved,
@@ -132,7 +136,7 @@ pub(super) async fn pump(d: Direction<'_>) -> Result<Outcome, ForwardError> {
         // Drain: the pipe holds `left` bytes; all of them go out before the next fill.
         let mut left = n;
         while left > 0 {
-            d.to.writable().await.map_err(ForwardError::io(d.to_side))?;
+            writable(d.to).await.map_err(ForwardError::io(d.to_side))?;
             let drained = d.to.try_io(Interest::WRITABLE, || {
                 rustix::pipe::splice(&pipe.read, None, d.to, None, left, FLAGS)
                     .map_err(io::Error::from)

@@ -74,9 +74,16 @@ pub fn explain(e: &io::Error) -> String {
 }
 
 /// Binds a listening socket (SO_REUSEADDR, so connections in TIME_WAIT do not block a rebind).
+/// On Linux, accepted sockets inherit TCP_NODELAY and keepalive from it, which saves four
+/// system calls per connection.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    #[cfg(target_os = "linux")]
+    {
+        socket.set_tcp_nodelay(true)?;
+        socket.set_tcp_keepalive(&keepalive())?;
+    }
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
@@ -93,12 +100,16 @@ pub fn reset(stream: TcpStream) {
     drop(stream);
 }
 
+fn keepalive() -> TcpKeepalive {
+    TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+}
+
+/// TCP_NODELAY and keepalive on one leg.
 fn tune(stream: &TcpStream) {
     let _ = stream.set_nodelay(true);
-    let keepalive = TcpKeepalive::new()
-        .with_time(KEEPALIVE_IDLE)
-        .with_interval(KEEPALIVE_INTERVAL);
-    let _ = SockRef::from(stream).set_tcp_keepalive(&keepalive);
+    let _ = SockRef::from(stream).set_tcp_keepalive(&keepalive());
 }
 
 /// Accepts until `stop` (then drops the listener: new connects are refused). Each connection
@@ -167,25 +178,32 @@ async fn proxy_then_forward(
     route: &RouteRuntime,
     settings: forward::Settings,
 ) -> Result<forward::Totals, forward::ForwardError> {
-    match route.cfg.proxy_protocol {
-        ProxyProtocol::None => {}
-        ProxyProtocol::V2 => {
-            let local = downstream
-                .local_addr()
-                .map_err(|source| forward::ForwardError::Io {
-                    side: forward::Side::Downstream,
-                    source,
-                })?;
-            let header = forward::proxy_protocol::v2_header(peer, local);
-            forward::copy::write_all(upstream, &header)
-                .await
-                .map_err(|source| forward::ForwardError::Io {
-                    side: forward::Side::Upstream,
-                    source,
-                })?;
-        }
+    if route.cfg.proxy_protocol == ProxyProtocol::V2 {
+        // Boxed: only routes with a header carry its state, and only while it is written.
+        Box::pin(send_proxy_v2(downstream, upstream, peer)).await?;
     }
     forward::forward(downstream, upstream, settings, &route.counters).await
+}
+
+/// Writes the PROXY protocol v2 header of this connection to the upstream.
+async fn send_proxy_v2(
+    downstream: &TcpStream,
+    upstream: &TcpStream,
+    peer: SocketAddr,
+) -> Result<(), forward::ForwardError> {
+    let local = downstream
+        .local_addr()
+        .map_err(|source| forward::ForwardError::Io {
+            side: forward::Side::Downstream,
+            source,
+        })?;
+    let header = forward::proxy_protocol::v2_header(peer, local);
+    forward::copy::write_all(upstream, &header)
+        .await
+        .map_err(|source| forward::ForwardError::Io {
+            side: forward::Side::Upstream,
+            source,
+        })
 }
 
 async fn serve(
@@ -197,11 +215,15 @@ async fn serve(
     route.active.increment(1.0);
     let _active = ActiveGuard(route.active.clone());
     let name = route.cfg.name.as_str();
+    // On Linux the accepted socket inherited both from the listener.
+    #[cfg(not(target_os = "linux"))]
     tune(&downstream);
-    let connect = tokio::time::timeout(
+    // Boxed: the connect's state is gone once forwarding starts, and an idle connection's
+    // future should not carry it.
+    let connect = Box::pin(tokio::time::timeout(
         route.cfg.connect_timeout,
-        TcpStream::connect(&route.cfg.forward_to),
-    );
+        TcpStream::connect(route.cfg.forward_to.as_str()),
+    ));
     let upstream = tokio::select! {
         _ = kill.cancelled() => {
             reset(downstream);
@@ -251,5 +273,44 @@ async fn serve(
             reset(downstream);
             reset(upstream);
         }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay_and_keepalive() {
+        let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = l.local_addr().unwrap();
+        let _c = TcpStream::connect(addr).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        let r = SockRef::from(&s);
+        assert!(s.nodelay().unwrap());
+        assert!(r.keepalive().unwrap());
+        assert_eq!(r.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
+        assert_eq!(r.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+    }
+
+    /// The state an idle connection keeps in memory is mostly this future: keep it small
+    /// (HAProxy spends about 3.3 KiB per idle connection in all).
+    #[tokio::test]
+    async fn a_connection_future_stays_small() {
+        let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = l.local_addr().unwrap();
+        let _c = TcpStream::connect(addr).await.unwrap();
+        let (s, peer) = l.accept().await.unwrap();
+        let cfg = crate::config::Config::from_str(
+            &format!(
+                "[[route]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nforward-to = \"{addr}\"\n"
+            ),
+            std::path::Path::new("/tmp/x.toml"),
+        )
+        .unwrap();
+        let route = RouteRuntime::new(cfg.routes[0].clone());
+        let f = serve(s, peer, route, CancellationToken::new());
+        let size = std::mem::size_of_val(&f);
+        assert!(size <= 1400, "a connection's future grew to {size} B");
     }
 }
