@@ -8,7 +8,7 @@ use std::io;
 
 use tokio::net::TcpStream;
 
-use super::{Direction, ForwardError, Moved, readable, shutdown_write, writable};
+use super::{Direction, ForwardError, Moved, readable, writable};
 
 /// Size of the buffer of a direction while it is moving bytes.
 pub const BUFFER_BYTES: usize = 64 * 1024;
@@ -30,7 +30,7 @@ pub(super) async fn pump(d: &Direction<'_>, pending: Vec<u8>) -> Result<Moved, F
                 b.clear();
                 match d.from.try_read_buf(b) {
                     Ok(0) => {
-                        shutdown_write(d.to).map_err(ForwardError::io(d.to_side))?;
+                        d.end()?;
                         return Ok(Moved { total, spliced: 0 });
                     }
                     Ok(_) => b,

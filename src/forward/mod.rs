@@ -3,7 +3,8 @@
 //! Contract (both paths keep it):
 //! - every byte read from one side is written to the other before anything else happens;
 //! - end of stream on one side becomes a write-shutdown (FIN) on the other, and the other
-//!   direction keeps flowing, so a client that shuts its write side still gets the whole reply;
+//!   direction keeps flowing, so a client that shuts its write side still gets the whole reply
+//!   (when both have ended, the second FIN is the caller's close of both sockets);
 //! - once one direction has ended, the other may run for at most `half_close_timeout`;
 //! - an error names the side that failed; the caller then resets both legs;
 //! - an idle direction holds no buffer and no pipe: they are taken when bytes arrive and given
@@ -24,6 +25,7 @@ pub mod proxy_protocol;
 pub mod splice;
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use metrics::Counter;
@@ -114,6 +116,20 @@ struct Direction<'a> {
     to: &'a TcpStream,
     to_side: Side,
     counter: &'a Counter,
+    /// Set by whichever direction ends first.
+    one_ended: &'a AtomicBool,
+}
+
+impl Direction<'_> {
+    /// The source ended: shut the destination's write side (a FIN), unless the other
+    /// direction has ended too. Then the caller closes both sockets at once, which sends
+    /// that FIN anyway (both receive queues are drained), and the system call is saved.
+    fn end(&self) -> Result<(), ForwardError> {
+        if self.one_ended.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        shutdown_write(self.to).map_err(ForwardError::io(self.to_side))
+    }
 }
 
 /// Forwards until both directions have ended. See the module doc for the contract.
@@ -123,12 +139,14 @@ pub async fn forward(
     settings: Settings,
     counters: &Counters,
 ) -> Result<Totals, ForwardError> {
+    let one_ended = AtomicBool::new(false);
     let up = Direction {
         from: downstream,
         from_side: Side::Downstream,
         to: upstream,
         to_side: Side::Upstream,
         counter: &counters.to_upstream,
+        one_ended: &one_ended,
     };
     let down = Direction {
         from: upstream,
@@ -136,6 +154,7 @@ pub async fn forward(
         to: downstream,
         to_side: Side::Downstream,
         counter: &counters.to_downstream,
+        one_ended: &one_ended,
     };
     let up = pump(&up, settings.zero_copy);
     let down = pump(&down, settings.zero_copy);
