@@ -13,7 +13,10 @@
 //! pipe, and a busy one does not pay pipe2/fcntl/close per burst. Each pipe is asked for
 //! [`PIPE_BYTES`]; the kernel may give less (an unprivileged user past
 //! `fs.pipe-user-pages-soft`, or a size above `fs.pipe-max-size`), so the real size is read
-//! back and used.
+//! back and used; a pipe below [`MIN_PIPE_BYTES`] is not used: that direction copies.
+//!
+//! A splice into a socket whose peer has gone raises SIGPIPE, as `send` without
+//! `MSG_NOSIGNAL` would; Rust programs ignore SIGPIPE from start-up, so it arrives as `EPIPE`.
 
 use std::io;
 use std::os::fd::OwnedFd;
