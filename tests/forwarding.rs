@@ -189,10 +189,15 @@ async fn accept(l: &TcpListener) -> TcpStream {
         .0
 }
 
-/// Checks the path that moved the bytes: all of them by splice, or none.
+/// Checks the path that moved the bytes: on the splice path, bulk goes by splice (the start
+/// of each burst, and small bursts, are copied); with `zero-copy = false`, nothing does.
 fn assert_path(path: DataPath, spliced: u64, total: u64) {
+    eprintln!("{path:?}: {spliced} of {total} bytes spliced");
     match path {
-        DataPath::Splice => assert_eq!(spliced, total, "splice must move every byte"),
+        DataPath::Splice => assert!(
+            spliced > 0 && spliced <= total,
+            "splice moved {spliced} of {total} bytes"
+        ),
         DataPath::Copy => assert_eq!(spliced, 0, "zero-copy = false must not splice"),
     }
 }
@@ -226,7 +231,11 @@ async fn payloads_both_ways(path: DataPath) {
         );
         total += up_len + down_len;
     }
-    assert_path(path, p.spliced_after(cases.len()).await, total);
+    let spliced = p.spliced_after(cases.len()).await;
+    assert_path(path, spliced, total);
+    if path == DataPath::Splice {
+        assert!(spliced >= total / 2, "only {spliced} of {total} bytes spliced");
+    }
 }
 
 /// 64 connections at once, each with its own streams both ways.

@@ -43,25 +43,30 @@ pub(super) async fn pump(d: &Direction<'_>, pending: Vec<u8>) -> Result<Moved, F
                 }
             }
         };
-        // Write all of it before reading again (inline rather than a `write_all` future, so
-        // the connection's future stays small).
-        let mut at = 0;
-        while at < b.len() {
-            match d.to.try_write(&b[at..]) {
-                Ok(0) => {
-                    return Err(ForwardError::io(d.to_side)(io::ErrorKind::WriteZero.into()));
-                }
-                Ok(n) => at += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    writable(d.to).await.map_err(ForwardError::io(d.to_side))?
-                }
-                Err(e) => return Err(ForwardError::io(d.to_side)(e)),
-            }
-        }
-        total += at as u64;
-        d.counter.increment(at as u64);
+        // Write all of it before reading again.
+        write_out(d, b).await?;
+        total += b.len() as u64;
         b.clear();
     }
+}
+
+/// Writes all of `bytes` to the direction's destination and counts them.
+pub(super) async fn write_out(d: &Direction<'_>, bytes: &[u8]) -> Result<(), ForwardError> {
+    let mut at = 0;
+    while at < bytes.len() {
+        match d.to.try_write(&bytes[at..]) {
+            Ok(0) => {
+                return Err(ForwardError::io(d.to_side)(io::ErrorKind::WriteZero.into()));
+            }
+            Ok(n) => at += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                writable(d.to).await.map_err(ForwardError::io(d.to_side))?
+            }
+            Err(e) => return Err(ForwardError::io(d.to_side)(e)),
+        }
+    }
+    d.counter.increment(bytes.len() as u64);
+    Ok(())
 }
 
 /// Writes every byte of `bytes`, waiting for room as needed.
