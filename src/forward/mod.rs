@@ -11,8 +11,9 @@
 //!   back when the source has nothing more to read.
 //!
 //! Two paths move the bytes of one direction, chosen by [`forward`]:
-//! - [`splice`] (Linux, the default): splice(2) from the source socket into a pipe, then from
-//!   the pipe into the destination socket; the bytes never enter user space.
+//! - [`splice`] (Linux, the default): bulk by splice(2) from the source socket into a pipe,
+//!   then from the pipe into the destination socket, so the bytes never enter user space;
+//!   small bursts are copied through a 16 KiB buffer, which costs less for them.
 //! - [`copy`] (portable): read into a buffer, write it out. Used off Linux, when a route sets
 //!   `zero-copy = false`, and when splice reports `EINVAL` before any byte moved (a socket
 //!   type or kernel without splice support), or no pipe can be made.
