@@ -234,7 +234,10 @@ async fn payloads_both_ways(path: DataPath) {
     let spliced = p.spliced_after(cases.len()).await;
     assert_path(path, spliced, total);
     if path == DataPath::Splice {
-        assert!(spliced >= total / 2, "only {spliced} of {total} bytes spliced");
+        assert!(
+            spliced >= total / 2,
+            "only {spliced} of {total} bytes spliced"
+        );
     }
 }
 
