@@ -2,7 +2,7 @@
 //! pipe into the destination socket. The bytes stay in kernel pages; lockgate only moves
 //! page references.
 //!
-//! Bulk only: a burst starts by reading into a 16 KiB buffer and writing it out (small
+//! Splice is for bulk: a burst starts by reading into a 16 KiB buffer and writing it out (small
 //! messages cost less copied); a read that fills the buffer, or a splice of at least as much,
 //! makes the next cycle a splice; a shorter splice, or the source running dry, goes back to
 //! copying. Each cycle ends with everything written, so the two never reorder bytes.
