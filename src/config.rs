@@ -188,6 +188,30 @@ pub struct RouteConfig {
     pub lock: Option<String>,
     pub connect_timeout: Duration,
     pub half_close_timeout: Duration,
+    /// Forward with splice(2) through a pipe (Linux); `false` forces the portable copy path.
+    pub zero_copy: bool,
+    /// Send a PROXY protocol header with the client's address to the upstream first.
+    pub proxy_protocol: ProxyProtocol,
+}
+
+/// `proxy-protocol` of a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProxyProtocol {
+    /// Nothing is sent before the client's bytes (the default).
+    #[default]
+    None,
+    /// A PROXY protocol version 2 (binary) header.
+    V2,
+}
+
+impl ProxyProtocol {
+    /// The word used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyProtocol::None => "none",
+            ProxyProtocol::V2 => "v2",
+        }
+    }
 }
 
 /// Why a configuration was refused.
@@ -268,6 +292,8 @@ struct RawRoute {
     lock_coordinator: Option<Spanned<String>>,
     connect_timeout_ms: Option<Spanned<u64>>,
     half_close_timeout_ms: Option<Spanned<u64>>,
+    zero_copy: Option<Spanned<bool>>,
+    proxy_protocol: Option<Spanned<String>>,
 }
 
 /// A validation failure before it is placed in the file.
@@ -365,6 +391,8 @@ impl Config {
             }
             let _ = writeln!(out, "connect-timeout-ms = {}", ms(r.connect_timeout));
             let _ = writeln!(out, "half-close-timeout-ms = {}", ms(r.half_close_timeout));
+            let _ = writeln!(out, "zero-copy = {}", r.zero_copy);
+            let _ = writeln!(out, "proxy-protocol = {}", q(r.proxy_protocol.as_str()));
         }
         out
     }
@@ -634,6 +662,20 @@ fn validate(raw: RawConfig, base: &Path, path: &Path) -> Result<Config, Bad> {
             }
             None => None,
         };
+        let proxy_protocol = match r.proxy_protocol {
+            None => ProxyProtocol::None,
+            Some(v) => match v.get_ref().as_str() {
+                "none" => ProxyProtocol::None,
+                "v2" => ProxyProtocol::V2,
+                other => {
+                    return Err(bad(
+                        v.span(),
+                        "proxy-protocol",
+                        format!("unknown PROXY protocol \"{other}\"; expected \"v2\" or \"none\""),
+                    ));
+                }
+            },
+        };
         routes.push(RouteConfig {
             name,
             listen,
@@ -649,6 +691,8 @@ fn validate(raw: RawConfig, base: &Path, path: &Path) -> Result<Config, Bad> {
                 "half-close-timeout-ms",
                 DEFAULT_HALF_CLOSE_TIMEOUT_MS,
             )?,
+            zero_copy: r.zero_copy.is_none_or(Spanned::into_inner),
+            proxy_protocol,
         });
     }
     if routes.is_empty() {
@@ -1023,6 +1067,8 @@ lock-coordinator = "clients-lock"
         assert_eq!(c.coordinators[0].check_period, Duration::from_millis(5000));
         assert_eq!(c.shutdown_grace, Duration::from_millis(5000));
         assert_eq!(c.routes[0].lock.as_deref(), Some("clients-lock"));
+        assert!(c.routes[0].zero_copy);
+        assert_eq!(c.routes[0].proxy_protocol, ProxyProtocol::None);
         assert!(!c.node_id.is_empty());
         // The rendered effective config is itself a valid config.
         let again = parse(&c.render()).unwrap();
@@ -1045,6 +1091,29 @@ lock-coordinator = "clients-lock"
         ));
         assert_eq!(key, "lock-coordinator");
         assert!(msg.contains("nope"));
+    }
+
+    #[test]
+    fn data_path_keys() {
+        let c = parse(&OK.replace(
+            "lock-coordinator = \"clients-lock\"",
+            "lock-coordinator = \"clients-lock\"\nzero-copy = false\nproxy-protocol = \"v2\"",
+        ))
+        .unwrap();
+        assert!(!c.routes[0].zero_copy);
+        assert_eq!(c.routes[0].proxy_protocol, ProxyProtocol::V2);
+        assert_eq!(parse(&c.render()).unwrap().render(), c.render());
+        let (line, key, msg) = err(&OK.replace(
+            "lock-coordinator = \"clients-lock\"",
+            "lock-coordinator = \"clients-lock\"\nproxy-protocol = \"v1\"",
+        ));
+        assert_eq!((line, key.as_str()), (13, "proxy-protocol"));
+        assert!(msg.contains("v1"), "{msg}");
+        let (_, key, _) = err(&OK.replace(
+            "lock-coordinator = \"clients-lock\"",
+            "lock-coordinator = \"clients-lock\"\nzero-copy = 1",
+        ));
+        assert_eq!(key, "zero-copy");
     }
 
     #[test]
