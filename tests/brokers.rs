@@ -33,17 +33,18 @@
 //! **What is asserted.** Every message the publisher saw PUBACKed is delivered to the
 //! subscriber at least once, with its payload intact; nothing is delivered that was never
 //! published; the publisher's acks come through node0, then node1, then node0 again, and the
-//! subscriber reconnects each time with its session present; the nodes' STATUS lines show the
-//! lock moving (term by term); and the two client ports are never bound at once (a connect-only
+//! subscriber reconnects each time with its session present; the lock reaches term 4 (node1,
+//! node0, node1, node0); and the two client ports are never bound at once (a connect-only
 //! sampler: a gated listener is bound only while its node holds the lock, so a TCP connect
 //! that succeeds means that node serves).
 //!
 //! **Why a broker SIGKILL loses nothing acked.** mosquitto acknowledges a QoS 1 PUBLISH from
 //! memory, but (as its log shows) it writes the message to its subscribers' connections and the
 //! bridge's before it sends the PUBACK. On loopback that puts the bytes in the peer's receive
-//! buffer, so a SIGKILL after the PUBACK cannot take the message with it: it has reached the
-//! subscriber, or crossed the bridge (through node1's mirror route) into the session queued on
-//! A. That holds while those connections' in-flight windows (20) have room, as at this pace.
+//! buffer, so a SIGKILL after the PUBACK does not take the message with it: lockgate forwards
+//! those bytes, and the message has reached the subscriber, or crossed the bridge (through
+//! node1's mirror route) into the session queued on A. That holds while those connections'
+//! in-flight windows (20) have room, as at this pace.
 //!
 //! Needs Debian's `mosquitto` and `python3-paho-mqtt`; without them the test is skipped with a
 //! note, except under `CI`, where it fails. `.ci/run` installs them.
