@@ -9,8 +9,11 @@
 //! - [`coordinator`]: contends while healthy; opens its [`coordinator::Gate`] only while it
 //!   holds the lock and closes it before the lock can go elsewhere.
 //! - [`route`]: listeners; gated routes implement the `Gate`, open routes are always bound.
-//! - [`forward`]: the data path, with half-close both ways; knows nothing of locks.
-//! - [`metrics`]: every metric name in one place. [`systemd`]: READY/STATUS/STOPPING.
+//! - [`forward`]: the data path (splice(2) through pooled pipes on Linux, a lazily buffered
+//!   copy elsewhere, PROXY v2), half-close both ways; knows nothing of locks beyond checking
+//!   the [`lease::Lease`] it is handed before every write.
+//! - [`metrics`]: every metric name in one place. [`systemd`]: READY, STATUS, RELOADING,
+//!   WATCHDOG, STOPPING.
 //! - [`status`]: who holds each lock, for `lockgate status`.
 //! - [`admin`]: the HTTP endpoint (metrics, readiness, status, step-down); its doc lists every
 //!   endpoint.
