@@ -1,8 +1,10 @@
 //! Lock backends behind one enum, chosen once by a match on the configured type.
 //!
-//! A backend answers three questions for its coordinator: may I take the lock now
-//! ([`Lock::try_acquire`]), do I still hold it ([`Lock::check`]), and let it go
-//! ([`Lock::release`]). None of them may hang: each bounds its own I/O.
+//! A backend serves its coordinator: wait for the lock ([`Lock::contend`], then
+//! [`Lock::acquired`] resolves the moment it is ours — no polling), stop waiting
+//! ([`Lock::withdraw`]), do I still hold it ([`Lock::check`] on each tick, [`Lock::lost`] between
+//! ticks), and give it back ([`Lock::release`]). None of them may hang: each bounds its own
+//! I/O, and ZooKeeper's session lives in a task of its own.
 
 pub mod file;
 pub mod zookeeper;
