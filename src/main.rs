@@ -94,15 +94,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Status { .. } => {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match runtime(tokio::runtime::Builder::new_current_thread()) {
                 Ok(r) => r,
-                Err(e) => {
-                    eprintln!("lockgate: cannot start the runtime: {e}");
-                    return ExitCode::from(EXIT_RUNTIME);
-                }
+                Err(code) => return code,
             };
             print!("{}", runtime.block_on(lockgate::status::report(&config)));
             ExitCode::SUCCESS
@@ -128,16 +122,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// Builds a tokio runtime, or says why it cannot.
+fn runtime(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("lockgate: cannot start the runtime: {e}");
+        ExitCode::from(EXIT_RUNTIME)
+    })
+}
+
 fn run(config: Config) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(tokio::runtime::Builder::new_multi_thread()) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("lockgate: cannot start the runtime: {e}");
-            return ExitCode::from(EXIT_RUNTIME);
-        }
+        Err(code) => return code,
     };
     let result = runtime.block_on(async {
         let shutdown = shutdown_signal()?;

@@ -69,6 +69,19 @@ async fn pair(connect: [&str; 2], timing: &str) -> Pair {
     }
 }
 
+/// One at a time: one ZooKeeper server and a pair on it, or `None` without ZooKeeper.
+async fn single_server_pair()
+-> Option<(tokio::sync::MutexGuard<'static, ()>, Ensemble, String, Pair)> {
+    let one = ONE_AT_A_TIME.lock().await;
+    if !available() {
+        return None;
+    }
+    let zk = Ensemble::start(1).await;
+    let cs = zk.connect_string();
+    let p = pair([&cs, &cs], FAST).await;
+    Some((one, zk, cs, p))
+}
+
 fn never_two(r: &SamplerReport) {
     assert!(r.samples > 0, "{r:?}");
     assert_eq!(r.both, 0, "both nodes served at once: {r:?}");
@@ -77,13 +90,9 @@ fn never_two(r: &SamplerReport) {
 /// 1. Holder SIGKILL: the standby takes over once the server expires the holder's session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holder_sigkill_fails_over_after_session_expiry() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    if !available() {
+    let Some((_one, _zk, _cs, mut p)) = single_server_pair().await else {
         return;
-    }
-    let zk = Ensemble::start(1).await;
-    let cs = zk.connect_string();
-    let mut p = pair([&cs, &cs], FAST).await;
+    };
     let mut sampler = Sampler::start(p.ports[0], p.ports[1]);
     sampler.wait_for(|r| r.a_served > 0).await;
     let fault = Instant::now();
@@ -109,13 +118,9 @@ async fn holder_sigkill_fails_over_after_session_expiry() {
 /// SIGTERM: the holder deletes its node on the way out, so the standby takes over at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holder_sigterm_hands_over_at_once() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    if !available() {
+    let Some((_one, _zk, _cs, mut p)) = single_server_pair().await else {
         return;
-    }
-    let zk = Ensemble::start(1).await;
-    let cs = zk.connect_string();
-    let mut p = pair([&cs, &cs], FAST).await;
+    };
     let mut sampler = Sampler::start(p.ports[0], p.ports[1]);
     sampler.wait_for(|r| r.a_served > 0).await;
     let fault = Instant::now();
@@ -174,13 +179,9 @@ async fn partitioned_holder_fences_before_the_standby_acquires() {
 /// old holder fences before forwarding another byte.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_holder_fences_on_wake() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    if !available() {
+    let Some((_one, _zk, _cs, mut p)) = single_server_pair().await else {
         return;
-    }
-    let zk = Ensemble::start(1).await;
-    let cs = zk.connect_string();
-    let mut p = pair([&cs, &cs], FAST).await;
+    };
     let mut sampler = Sampler::start(p.ports[0], p.ports[1]);
     sampler.wait_for(|r| r.a_served > 0).await;
     // A client connected through the holder before the freeze.
@@ -212,13 +213,9 @@ async fn frozen_holder_fences_on_wake() {
 /// standby, which now holds).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_lock_node_fences_the_holder() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    if !available() {
+    let Some((_one, _zk, cs, mut p)) = single_server_pair().await else {
         return;
-    }
-    let zk = Ensemble::start(1).await;
-    let cs = zk.connect_string();
-    let mut p = pair([&cs, &cs], FAST).await;
+    };
     let client = zookeeper_client::Client::connect(&cs).await.unwrap();
     let dir = "/lockgate-test/mirror-cluster-clients";
     // Both contender nodes exist (node1 creates its own just after it starts contending).
