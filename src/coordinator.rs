@@ -139,8 +139,10 @@ const BIND_FAILURE_HOLD_OFF_PERIODS: u32 = 2;
 pub struct Coordinator<G: Gate> {
     cfg: CoordinatorConfig,
     node_id: String,
-    lock: Lock,
+    /// Declared before `lock`: if the task ever unwinds, the gate's listeners are shut before
+    /// the lock is let go.
     gate: G,
+    lock: Lock,
     /// `true` while the local broker is up.
     health: watch::Receiver<bool>,
     /// The term of the current or last holding; grows on every acquisition.
@@ -176,8 +178,8 @@ impl<G: Gate> Coordinator<G> {
         let c = Coordinator {
             cfg,
             node_id,
-            lock,
             gate,
+            lock,
             health,
             term: 0,
             held: false,

@@ -144,6 +144,12 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// Stops a listening socket at once: `shutdown(SHUT_RD)` on a Linux listener moves it out of
+/// LISTEN, so new connects are refused from this call on, even while a task still holds it.
+pub fn shut(listener: &TcpListener) {
+    let _ = SockRef::from(listener).shutdown(std::net::Shutdown::Read);
+}
+
 /// Resets a connection: linger 0, so the peer sees RST at once rather than a FIN it might
 /// keep writing after.
 pub fn reset(stream: TcpStream) {
@@ -166,7 +172,7 @@ fn tune(stream: &TcpStream) {
 /// Accepts until `stop` (then drops the listener: new connects are refused). Each connection
 /// runs on `tracker` and is reset when `kill` fires.
 pub async fn accept_loop(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     route: Arc<RouteRuntime>,
     stop: CancellationToken,
     kill: CancellationToken,
@@ -193,6 +199,8 @@ pub async fn accept_loop(
                     lease.clone(),
                 ));
             }
+            // The listener was shut under us: not an error, the end.
+            Err(_) if stop.is_cancelled() => break,
             Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {
                 route.accept_errors_other.increment(1);
                 debug!(
@@ -383,6 +391,16 @@ mod tests {
         assert!(r.keepalive().unwrap());
         assert_eq!(r.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
         assert_eq!(r.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+    }
+
+    #[tokio::test]
+    async fn a_shut_listener_refuses_at_once() {
+        let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = l.local_addr().unwrap();
+        TcpStream::connect(addr).await.unwrap();
+        shut(&l);
+        // Still open as a descriptor, but no longer listening.
+        assert!(TcpStream::connect(addr).await.is_err());
     }
 
     /// The state an idle connection keeps in memory is mostly this future: keep it small

@@ -22,9 +22,12 @@ use crate::lease::Lease;
 use crate::metrics as m;
 use listener::RouteRuntime;
 
-/// A bound listener and the connections it carries.
+/// A bound listener and the connections it carries. Dropping it (even in a panic) stops the
+/// listener at once and resets its connections.
 struct Bound {
     route: Arc<RouteRuntime>,
+    /// Shared with the accept loop, so the listener can be shut here synchronously.
+    listener: Arc<tokio::net::TcpListener>,
     /// Stops the accept loop, which then drops the listener.
     stop_accepting: CancellationToken,
     /// Resets every connection of this listener.
@@ -35,12 +38,12 @@ struct Bound {
 
 impl Bound {
     fn bind(route: &Arc<RouteRuntime>, lease: Lease) -> std::io::Result<Bound> {
-        let listener = listener::bind(route.cfg.listen)?;
+        let listener = Arc::new(listener::bind(route.cfg.listen)?);
         let stop_accepting = CancellationToken::new();
         let kill = CancellationToken::new();
         let conns = TaskTracker::new();
         let accept = tokio::spawn(listener::accept_loop(
-            listener,
+            listener.clone(),
             route.clone(),
             stop_accepting.clone(),
             kill.clone(),
@@ -51,6 +54,7 @@ impl Bound {
         info!(route = %route.cfg.name, listen = %route.cfg.listen, forward_to = %route.cfg.forward_to, "route listening");
         Ok(Bound {
             route: route.clone(),
+            listener,
             stop_accepting,
             kill,
             accept,
@@ -58,9 +62,11 @@ impl Bound {
         })
     }
 
-    /// Stops accepting and waits until the listener is closed.
+    /// Stops accepting: from this call on, connects are refused; returns when the accept loop
+    /// has ended.
     async fn stop_accepting(&mut self) {
         self.stop_accepting.cancel();
+        listener::shut(&self.listener);
         if let Err(e) = (&mut self.accept).await {
             warn!(route = %self.route.cfg.name, error = %e, "accept task ended abnormally");
         }
@@ -97,6 +103,15 @@ impl Bound {
             warn!(route = %self.route.cfg.name, grace_ms = grace.as_millis() as u64, reason, "connections still open after the drain");
         }
         self.kill(reason).await;
+    }
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        // Normally already done by `close`/`drain`; after a panic this is the fence.
+        listener::shut(&self.listener);
+        self.stop_accepting.cancel();
+        self.kill.cancel();
     }
 }
 
