@@ -55,13 +55,10 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 /// The bridge's client id on broker B; also names its state topic on broker A.
 const BRIDGE_ID: &str = "lockgate-e2e-bridge";
@@ -355,66 +352,6 @@ fn phases(acks: &[(u32, u16, Instant)]) -> Vec<(u16, usize)> {
     out
 }
 
-/// Like `common::Sampler`, for ports whose upstream is not an echo server: a port "serves" when a
-/// TCP connect to it succeeds. A gated listener is bound only while its node holds the lock,
-/// and nothing else listens on these ports, so that is exactly "this node serves clients".
-/// Pattern A, B, A: both A probes and the B probe succeeding means both were bound at once.
-struct ConnectSampler {
-    stop: Arc<AtomicBool>,
-    progress: watch::Receiver<SamplerReport>,
-    task: JoinHandle<SamplerReport>,
-}
-
-impl ConnectSampler {
-    fn start(a: u16, b: u16) -> ConnectSampler {
-        async fn bound(port: u16) -> bool {
-            match try_connect(port, Duration::from_millis(300)).await {
-                Some(s) => {
-                    abort(s);
-                    true
-                }
-                None => false,
-            }
-        }
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tx, progress) = watch::channel(SamplerReport::default());
-        let s = stop.clone();
-        let task = tokio::spawn(async move {
-            while !s.load(Ordering::Relaxed) && tx.borrow().samples < 100_000 {
-                let a1 = bound(a).await;
-                let b1 = bound(b).await;
-                let a2 = bound(a).await;
-                tx.send_modify(|r| {
-                    r.samples += 1;
-                    r.a_served += u32::from(a1 && a2);
-                    r.b_served += u32::from(b1);
-                    r.both += u32::from(a1 && b1 && a2);
-                });
-                // Pacing: every probe is a connection to a real broker through lockgate.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            tx.borrow().clone()
-        });
-        ConnectSampler {
-            stop,
-            progress,
-            task,
-        }
-    }
-
-    async fn wait_for(&mut self, pred: impl Fn(&SamplerReport) -> bool) {
-        tokio::time::timeout(BOUND, self.progress.wait_for(|r| pred(r)))
-            .await
-            .expect("sampler condition not met in time")
-            .expect("sampler stopped");
-    }
-
-    async fn finish(self) -> SamplerReport {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.await.unwrap()
-    }
-}
-
 /// A node's config: the client route gated by `clients-lock` and health-checked on the local
 /// broker, an admin endpoint (for step-down and resume), and with `mirror`, the always-open
 /// route the peer broker's bridge comes in through.
@@ -541,7 +478,9 @@ async fn mosquitto_pair_fails_over_without_losing_acked_messages() {
     let setup = started.elapsed();
 
     // The run: a subscriber and a publisher on the failover list, a sampler watching.
-    let mut sampler = ConnectSampler::start(client0, client1);
+    let mut sampler = // Connect-only: the upstreams are MQTT brokers, not echo servers; paced, as every probe
+    // is a connection to a real broker through lockgate.
+    Sampler::connect_only(client0, client1, Duration::from_millis(10));
     sampler.wait_for(|r| r.a_served > 0).await;
     let mut sub = Client::start(&tools, d, "subscriber", &["sub".into(), list.clone()]);
     let want = format!("connected {client0} 1");

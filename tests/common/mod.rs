@@ -479,6 +479,27 @@ pub struct Sampler {
     task: JoinHandle<SamplerReport>,
 }
 
+#[derive(Clone, Copy)]
+enum Probe {
+    Echo,
+    Connect,
+}
+
+impl Probe {
+    async fn serves(self, port: u16) -> bool {
+        match self {
+            Probe::Echo => serves(port).await,
+            Probe::Connect => match try_connect(port, Duration::from_millis(300)).await {
+                Some(s) => {
+                    abort(s);
+                    true
+                }
+                None => false,
+            },
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct SamplerReport {
     pub samples: u32,
@@ -488,23 +509,35 @@ pub struct SamplerReport {
 }
 
 impl Sampler {
+    /// Probes by a round trip through the proxy to its echo upstream.
     pub fn start(a: u16, b: u16) -> Sampler {
+        Sampler::with_probe(a, b, Probe::Echo, Duration::from_millis(5))
+    }
+
+    /// For ports whose upstream is not an echo server: a port serves when a TCP connect to it
+    /// succeeds. Right where only a gated listener can bind the port, as then a successful
+    /// connect means exactly "this node serves clients".
+    pub fn connect_only(a: u16, b: u16, pacing: Duration) -> Sampler {
+        Sampler::with_probe(a, b, Probe::Connect, pacing)
+    }
+
+    fn with_probe(a: u16, b: u16, probe: Probe, pacing: Duration) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, progress) = tokio::sync::watch::channel(SamplerReport::default());
         let s = stop.clone();
         let task = tokio::spawn(async move {
             // Bounded in count as well as by the test.
             while !s.load(Ordering::Relaxed) && tx.borrow().samples < 100_000 {
-                let a1 = serves(a).await;
-                let b1 = serves(b).await;
-                let a2 = serves(a).await;
+                let a1 = probe.serves(a).await;
+                let b1 = probe.serves(b).await;
+                let a2 = probe.serves(a).await;
                 tx.send_modify(|r| {
                     r.samples += 1;
                     r.a_served += u32::from(a1 && a2);
                     r.b_served += u32::from(b1);
                     r.both += u32::from(a1 && b1 && a2);
                 });
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                tokio::time::sleep(pacing).await;
             }
             tx.borrow().clone()
         });
