@@ -228,7 +228,8 @@ async fn deleted_lock_node_fences_the_holder() {
         assert!(Instant::now() < deadline, "{c:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    children.sort();
+    // Names are `lock-<session>-<sequence>`: order by the sequence.
+    children.sort_by_key(|c| c.rsplit('-').next().and_then(|n| n.parse::<u64>().ok()));
     client
         .delete(&format!("{dir}/{}", children[0]), None)
         .await
@@ -375,4 +376,81 @@ async fn unreachable_zookeeper_does_not_block_start() {
         assert!(Instant::now() < deadline, "{}", node.log_text());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A contender recognises nodes named with its own session (left by a create whose answer was
+/// lost with the connection) and deletes them instead of queueing behind itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contender_deletes_its_own_orphaned_nodes() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    if !available() {
+        return;
+    }
+    let zk = Ensemble::start(1).await;
+    let cs = zk.connect_string();
+    let client = zookeeper_client::Client::connect(&cs).await.unwrap();
+    let dir = "/lockgate-test/mirror-cluster-clients";
+    let mkdir =
+        zookeeper_client::CreateMode::Persistent.with_acls(zookeeper_client::Acls::anyone_all());
+    client.mkdir(dir, &mkdir).await.unwrap();
+    let ephemeral = zookeeper_client::CreateMode::EphemeralSequential
+        .with_acls(zookeeper_client::Acls::anyone_all());
+    // The test holds the lock first.
+    let (_, held) = client
+        .create(&format!("{dir}/lock-1-"), b"", &ephemeral)
+        .await
+        .unwrap();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let up = Upstream::start().await;
+    let port = free_port();
+    let config = NodeSpec {
+        node_id: "node1",
+        locks: tmp.path(),
+        client_port: port,
+        upstream: up.addr,
+        check_period_ms: 500,
+        health: None,
+        extra: String::new(),
+        zookeeper: Some(format!(
+            "connect-string = \"{cs}\"\nnamespace = \"lockgate-test\"\n{FAST}"
+        )),
+    }
+    .write(tmp.path());
+    let node = Node::start("node1", &config, tmp.path()).await;
+    // Its node, behind the test's.
+    let deadline = Instant::now() + BOUND;
+    let own = loop {
+        let c = client.list_children(dir).await.unwrap();
+        if let Some(n) = c.into_iter().find(|n| !n.starts_with("lock-1-")) {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "node1 created no node");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // An orphan named as node1's session's would be.
+    let tag = &own[..own.rfind('-').unwrap() + 1];
+    let (_, orphan) = client
+        .create(&format!("{dir}/{tag}"), b"", &ephemeral)
+        .await
+        .unwrap();
+    let orphan = format!("{tag}{orphan}");
+    // The lock frees: node1 evaluates the queue, deletes its orphan, and takes the lock.
+    client
+        .delete(&format!("{dir}/lock-1-{held}"), None)
+        .await
+        .unwrap();
+    let mut node = node;
+    node.wait_active().await;
+    let left = client.list_children(dir).await.unwrap();
+    assert!(
+        !left.contains(&orphan),
+        "the orphan is still there: {left:?}"
+    );
+    assert!(
+        node.log_text()
+            .contains("deleted an orphaned contender node"),
+        "{}",
+        node.log_text()
+    );
 }

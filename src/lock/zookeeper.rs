@@ -25,7 +25,10 @@ use crate::config::{Fencing, ZkConfig};
 use crate::lease::{Lease, now_ns};
 use crate::metrics as m;
 
-/// Prefix of contender node names; the server appends the sequence number.
+/// Prefix of contender node names: `lock-<session id>-`, then the server's sequence number.
+/// The session id in the name lets a contender recognise its own orphans: a create whose
+/// answer was lost with the connection may still have made a node, which it would otherwise
+/// queue behind forever (as Curator's "protected" mode does with a GUID).
 const NODE_PREFIX: &str = "lock-";
 
 /// What the coordinator wants. `generation` grows each time it starts contending anew, so a
@@ -525,7 +528,7 @@ impl Session {
         }
         .to_text();
         let options = zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
-        let prefix = format!("{}/{NODE_PREFIX}", self.path);
+        let prefix = format!("{}/{}", self.path, session_tag(client));
         let (_, seq) = client.create(&prefix, record.as_bytes(), &options).await?;
         let path = format!("{prefix}{seq}");
         info!(lock = %self.name, node = %path, "contending for the lock");
@@ -537,12 +540,25 @@ impl Session {
     }
 
     async fn position(&self, client: &zk::Client, n: &Node) -> Result<Position, zk::Error> {
+        let ours = session_tag(client);
         loop {
             let children = client.list_children(&self.path).await?;
-            let mut seqs: Vec<(i64, String)> = children
-                .into_iter()
-                .filter_map(|c| Some((parse_seq(&c)?, c)))
-                .collect();
+            let mut seqs: Vec<(i64, String)> = Vec::new();
+            for c in children {
+                let Some(seq) = parse_seq(&c) else { continue };
+                if c.starts_with(&ours) && seq != n.seq {
+                    // An orphan of this session (a create whose answer was lost): delete it,
+                    // or we would wait for ourselves.
+                    match client.delete(&format!("{}/{c}", self.path), None).await {
+                        Ok(()) | Err(zk::Error::NoNode) => {
+                            info!(lock = %self.name, node = %c, "deleted an orphaned contender node of this session");
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    continue;
+                }
+                seqs.push((seq, c));
+            }
             seqs.sort();
             let Some(i) = seqs.iter().position(|(s, _)| *s == n.seq) else {
                 return Ok(Position::Gone);
@@ -593,8 +609,18 @@ async fn sleep_until_opt(t: Option<Instant>) {
     }
 }
 
+/// `lock-<session id>-`: the name prefix of this session's contender nodes.
+fn session_tag(client: &zk::Client) -> String {
+    format!("{NODE_PREFIX}{:x}-", client.session_id().0)
+}
+
+/// The sequence number at the end of a contender node's name.
 fn parse_seq(name: &str) -> Option<i64> {
-    name.strip_prefix(NODE_PREFIX)?.parse().ok()
+    name.strip_prefix(NODE_PREFIX)?
+        .rsplit('-')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// For `lockgate status`: the holder (lowest node) and the standbys queued behind it.
@@ -640,4 +666,18 @@ pub async fn observe(
         .next()
         .filter(|r| r.term > 0 && r.acquired_at_unix_ms <= unix_ms_now());
     Ok((Observed::Held(holder), rest.collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sequence_numbers_parse_with_and_without_a_session_tag() {
+        assert_eq!(super::parse_seq("lock-0000000007"), Some(7));
+        assert_eq!(
+            super::parse_seq("lock-300005ebb7e0001-0000000012"),
+            Some(12)
+        );
+        assert_eq!(super::parse_seq("other-0000000001"), None);
+        assert_eq!(super::parse_seq("lock-abc-"), None);
+    }
 }

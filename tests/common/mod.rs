@@ -370,7 +370,8 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        // On failure, or always with LOCKGATE_TEST_LOGS=1.
+        if std::thread::panicking() || std::env::var_os("LOCKGATE_TEST_LOGS").is_some() {
             eprintln!("---- log of {} ----\n{}", self.name, self.log_text());
         }
     }
