@@ -192,7 +192,8 @@ impl FileLock {
             .await
     }
 
-    pub async fn release(&mut self) {
+    /// Unlocks; only with the gate closed.
+    pub async fn release(&mut self, _gate: &crate::gate::Closed) {
         let Some(held) = self.held.take() else {
             return;
         };
@@ -381,7 +382,7 @@ mod tests {
             Observed::Held(Some(r)) => assert_eq!((r.term, r.node_id.as_str()), (1, "a")),
             other => panic!("unexpected {other:?}"),
         }
-        a.release().await;
+        a.release(&crate::gate::Closed::initially()).await;
         // Terms grow across holders: b's follows a's record.
         let term = tokio::time::timeout(Duration::from_secs(10), b.acquired())
             .await
@@ -402,11 +403,11 @@ mod tests {
             b.withdraw();
         }
         assert!(b.waiting(), "one waiter stays blocked");
-        a.release().await;
+        a.release(&crate::gate::Closed::initially()).await;
         // b's waiter gets the lock, finds nobody wants it, releases it and ends; then a can
         // take it again.
         assert_eq!(take(&mut a, "a").await, 2);
-        a.release().await;
+        a.release(&crate::gate::Closed::initially()).await;
         let mut c = FileLock::new(dir.path(), "l", t);
         assert_eq!(take(&mut c, "c").await, 3);
     }
