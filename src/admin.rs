@@ -59,6 +59,23 @@ pub struct LockEntry {
     pub commands: mpsc::Sender<Command>,
 }
 
+impl LockEntry {
+    /// Active: the coordinator holds the lock and its task is alive (a task that ended drops
+    /// the sender, whatever its last word was).
+    pub fn active(&self) -> bool {
+        self.state.has_changed().is_ok() && self.state.borrow().held
+    }
+
+    /// What `/ready/<lock>` says when not active.
+    fn standby_text(&self) -> String {
+        if self.state.has_changed().is_err() {
+            "the lock coordinator has ended".to_owned()
+        } else {
+            self.state.borrow().state.clone()
+        }
+    }
+}
+
 impl State {
     pub fn new(metrics: Option<PrometheusHandle>, token: Option<String>, node_id: &str) -> State {
         State {
@@ -187,7 +204,7 @@ async fn handle(
             let locks = state.locks();
             let standby: Vec<&String> = locks
                 .iter()
-                .filter(|(_, l)| !l.state.borrow().held)
+                .filter(|(_, l)| !l.active())
                 .map(|(n, _)| n)
                 .collect();
             if standby.is_empty() {
@@ -207,11 +224,8 @@ async fn handle(
             }
         }
         ["ready", name] if get => match state.lock(name) {
-            Some(l) if l.state.borrow().held => text(StatusCode::OK, "active"),
-            Some(l) => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                l.state.borrow().state.clone(),
-            ),
+            Some(l) if l.active() => text(StatusCode::OK, "active"),
+            Some(l) => text(StatusCode::SERVICE_UNAVAILABLE, l.standby_text()),
             None => text(StatusCode::NOT_FOUND, format!("no lock named \"{name}\"")),
         },
         ["status"] if get => json(StatusCode::OK, &status(&state).await),

@@ -138,8 +138,24 @@ fn run(config: Config) -> ExitCode {
     let result = runtime.block_on(async {
         let shutdown = shutdown_signal()?;
         let reloads = reload_signal()?;
-        lockgate::run_with_reload(config, shutdown, reloads).await
+        // Registered after the first signal, so only a second one completes it.
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            shutdown.await;
+            let _ = first_tx.send(());
+        };
+        let hurry = async move {
+            let _ = first_rx.await;
+            match shutdown_signal() {
+                Ok(second) => second.await,
+                Err(_) => std::future::pending().await,
+            }
+        };
+        lockgate::run_with_reload(config, shutdown, hurry, reloads).await
     });
+    // A blocking thread stuck in the kernel (a hung shared mount) must not hold the exit: the
+    // runtime's Drop would wait for it forever.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
