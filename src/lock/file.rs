@@ -1,10 +1,10 @@
 //! The embedded lock: an exclusive `flock` (through fs2) on `<locks-folder>/<lock-id>`.
 //!
 //! A standby waits for the lock in a blocking `flock` (then `fcntl`) on a thread of its own, so
-//! the kernel hands it the lock the instant the holder's process dies or releases it; `check-period` is
-//! not the takeover latency. At most one such thread exists per lock: withdrawing (health
-//! fell, hold-off, shutdown) leaves a blocked thread in place to be reused, and a lock that
-//! arrives while nobody wants it is released at once.
+//! the kernel hands it the lock the instant the holder's process dies or releases it;
+//! `check-period` is not the takeover latency. At most one such thread exists per lock:
+//! withdrawing (health fell, hold-off, shutdown) leaves a blocked thread in place to be reused,
+//! and a lock that arrives while nobody wants it is released at once.
 //!
 //! Unlike Artemis, loss is detected: each check confirms that the path still names the file
 //! we locked (same dev+inode) and that I/O on it completes within a deadline, on a blocking
