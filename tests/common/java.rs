@@ -209,14 +209,14 @@ impl Jvm {
         stdin.flush().await.unwrap();
     }
 
-    /// Waits (up to `bound`) for a stdout line starting with `prefix`; returns it.
+    /// Waits (up to `bound`) for a stdout line containing `prefix`; returns it.
     pub async fn wait_line_within(&mut self, bound: Duration, prefix: &str) -> String {
         let deadline = tokio::time::Instant::now() + bound;
         loop {
             match tokio::time::timeout_at(deadline, self.lines.recv()).await {
                 Ok(Some(line)) => {
                     self.seen.push(line.clone());
-                    if line.starts_with(prefix) {
+                    if line.contains(prefix) {
                         return line;
                     }
                 }
