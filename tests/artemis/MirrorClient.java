@@ -1,7 +1,9 @@
 // The seed example's client: Apache Qpid JMS with a failover URL. Commands on stdin, one a line:
-//   send N     sends N persistent text messages "m0".."m<N-1>" to queue "orders"; prints SENT N
-//   receive N  receives until N distinct messages arrived or none came for 30 s; prints
-//              "GOT <text> <connected-uri>" for each, then "RECEIVED <count> <distinct>"
+//   send Q P N          sends N persistent text messages "<P>0".."<P><N-1>" to queue Q; prints
+//                       "SENT N <connected-uri>"
+//   receive Q N IDLE    receives from queue Q until N distinct messages arrived or none came for
+//                       IDLE ms, then whatever more comes within 1 s (duplicates); prints
+//                       "GOT <text> <connected-uri>" for each, then "RECEIVED <count> <distinct>"
 //   quit
 // Every line it prints is flushed at once; the test reads them as events.
 import java.io.BufferedReader;
@@ -26,27 +28,29 @@ public class MirrorClient {
         conn.start();
         System.out.println("CONNECTED " + ((JmsConnection) conn).getConnectedURI());
         Session session = conn.createSession(false, Session.AUTO_ACKNOWLEDGE);
-        Queue queue = session.createQueue("orders");
         BufferedReader in = new BufferedReader(new InputStreamReader(System.in));
         String line;
         while ((line = in.readLine()) != null) {
             String[] cmd = line.trim().split(" ");
             if (cmd[0].equals("send")) {
-                int n = Integer.parseInt(cmd[1]);
+                Queue queue = session.createQueue(cmd[1]);
+                int n = Integer.parseInt(cmd[3]);
                 MessageProducer p = session.createProducer(queue);
                 p.setDeliveryMode(DeliveryMode.PERSISTENT);
                 for (int i = 0; i < n; i++) {
-                    p.send(session.createTextMessage("m" + i));
+                    p.send(session.createTextMessage(cmd[2] + i));
                 }
                 p.close();
                 System.out.println("SENT " + n + " " + ((JmsConnection) conn).getConnectedURI());
             } else if (cmd[0].equals("receive")) {
-                int n = Integer.parseInt(cmd[1]);
+                Queue queue = session.createQueue(cmd[1]);
+                int n = Integer.parseInt(cmd[2]);
+                long idle = Long.parseLong(cmd[3]);
                 MessageConsumer c = session.createConsumer(queue);
                 Set<String> distinct = new HashSet<>();
                 int count = 0;
                 while (distinct.size() < n) {
-                    Message m = c.receive(30000);
+                    Message m = c.receive(idle);
                     if (m == null) {
                         break;
                     }
