@@ -1,16 +1,21 @@
 //! The embedded lock: an exclusive `flock` (through fs2) on `<locks-folder>/<lock-id>`.
 //!
-//! A standby waits for the lock in a blocking `flock` on a thread of its own, so the kernel
-//! hands it the lock the instant the holder's process dies or releases it; `check-period` is
-//! not the takeover latency. At most one such thread exists per lock: withdrawing (health
-//! fell, hold-off, shutdown) leaves a blocked thread in place to be reused, and a lock that
-//! arrives while nobody wants it is released at once.
+//! A standby waits for the lock in a blocking `flock` (then `fcntl`) on a thread of its own, so
+//! the kernel hands it the lock the instant the holder's process dies or releases it;
+//! `check-period` is not the takeover latency. At most one such thread exists per lock:
+//! withdrawing (health fell, hold-off, shutdown) leaves a blocked thread in place to be reused,
+//! and a lock that arrives while nobody wants it is released at once.
 //!
 //! Unlike Artemis, loss is detected: each check confirms that the path still names the file
 //! we locked (same dev+inode) and that I/O on it completes within a deadline, on a blocking
 //! thread, so a hung shared mount fences instead of hanging the coordinator.
 //!
-//! `flock` is not `fcntl`: lockgate and a broker's own file lock must never share a file.
+//! Besides the `flock`, the holder takes an open-file-description `fcntl` write lock
+//! (`F_OFD_SETLK[W]`, Linux) on the whole file, on the same open file description: Java's
+//! `FileChannel.lock` (Artemis's own file lock) is a POSIX `fcntl` lock, which conflicts with an
+//! OFD lock but not with a `flock`, so with both a lockgate node and a native broker exclude
+//! each other. One description for both matters on NFS, where Linux emulates `flock` with
+//! `fcntl` locks: there two descriptions of one process would block each other.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -202,6 +207,7 @@ impl FileLock {
         let file = held.file;
         let unlock = self
             .blocking("release", move || {
+                release_fcntl_lock(&file, &path)?;
                 fs2::FileExt::unlock(&*file).map_err(io_err(&path))
             })
             .await;
@@ -280,6 +286,7 @@ fn block_until_locked(path: &Path, handoff: &Handoff) -> Result<Option<Held>, Lo
             }
             Err(e) => return Err(err(e)),
         }
+        take_fcntl_lock(&file, path, &mut said_standby)?;
         let meta = file.metadata().map_err(&err)?;
         // The path may have been replaced while we waited: then we locked an orphan, which
         // excludes nobody. Drop it and wait on the file the path names now.
@@ -310,6 +317,63 @@ fn block_until_locked(path: &Path, handoff: &Handoff) -> Result<Option<Held>, Lo
             term,
         }));
     }
+}
+
+/// Takes the OFD `fcntl` write lock on the whole file, on the descriptor that holds the
+/// flock, waiting as long as a foreign `fcntl` lock (a JVM's `FileChannel.lock`) holds it.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn take_fcntl_lock(file: &File, path: &Path, said_standby: &mut bool) -> Result<(), LockError> {
+    use nix::fcntl::FcntlArg;
+    let whole = whole_file(libc::F_WRLCK);
+    let err = io_err(path);
+    match nix::fcntl::fcntl(file, FcntlArg::F_OFD_SETLK(&whole)) {
+        Ok(_) => return Ok(()),
+        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) => {}
+        Err(e) => return Err(err(e.into())),
+    }
+    if !*said_standby {
+        tracing::info!(file = %path.display(), "lock file is locked with fcntl by another process (a broker's own file lock?): standing by, waiting on the lock");
+        *said_standby = true;
+    }
+    loop {
+        match nix::fcntl::fcntl(file, FcntlArg::F_OFD_SETLKW(&whole)) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(err(e.into())),
+        }
+    }
+}
+
+/// Gives back the OFD `fcntl` lock (closing the descriptor would too).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn release_fcntl_lock(file: &File, path: &Path) -> Result<(), LockError> {
+    let unlock = whole_file(libc::F_UNLCK);
+    nix::fcntl::fcntl(file, nix::fcntl::FcntlArg::F_OFD_SETLK(&unlock))
+        .map(drop)
+        .map_err(|e| io_err(path)(e.into()))
+}
+
+/// A `struct flock` of type `l_type` over the whole file (`l_len` 0: to the end, as it grows).
+/// OFD locks require `l_pid` 0.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn whole_file(l_type: libc::c_int) -> libc::flock {
+    libc::flock {
+        l_type: l_type as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn take_fcntl_lock(_: &File, _: &Path, _: &mut bool) -> Result<(), LockError> {
+    Ok(())
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn release_fcntl_lock(_: &File, _: &Path) -> Result<(), LockError> {
+    Ok(())
 }
 
 /// The path still names our file, and a read of it completes.

@@ -16,6 +16,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+pub mod java;
 pub mod zk;
 
 /// The bound on every wait in these tests: generous, only there so a broken build fails
