@@ -27,6 +27,17 @@ pub const DEFAULT_HEALTH_FALL: u32 = 2;
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5000;
 /// Default bound on how long a half-closed connection may linger.
 pub const DEFAULT_HALF_CLOSE_TIMEOUT_MS: u64 = 60_000;
+/// Default `client-timeout-ms` and `server-timeout-ms` (HAProxy's `timeout client` and
+/// `timeout server`): three times the longest heartbeat brokers use by default (Artemis core
+/// pings every 30 s with a 60 s TTL; MQTT keep-alive and AMQP idle-timeout are 60 s; OpenWire's
+/// inactivity monitor 30 s), so a live heartbeating connection is never closed by it.
+pub const DEFAULT_INACTIVITY_TIMEOUT_MS: u64 = 180_000;
+/// Default `tcp-user-timeout-ms`: how long written bytes may stay unacknowledged (or stuck
+/// behind a zero window) before the kernel drops the connection. One broker heartbeat period:
+/// a peer that has not taken a byte for that long has missed its heartbeats too.
+pub const DEFAULT_TCP_USER_TIMEOUT_MS: u64 = 60_000;
+/// Upper bound of every route timeout: one week.
+pub const MAX_ROUTE_TIMEOUT_MS: u64 = 7 * 86_400_000;
 
 /// A configuration that has passed every check: what `run`, `check` and `status` work from.
 #[derive(Debug, Clone)]
@@ -188,6 +199,17 @@ pub struct RouteConfig {
     pub lock: Option<String>,
     pub connect_timeout: Duration,
     pub half_close_timeout: Duration,
+    /// How long the client leg may stay idle (nothing read from the client, nothing written
+    /// to it) before the connection is closed. Ignored when `tunnel_timeout` is set.
+    pub client_timeout: Duration,
+    /// The same for the server (upstream) leg.
+    pub server_timeout: Duration,
+    /// When set, replaces both: how long the whole connection may stay idle (no byte moved in
+    /// either direction).
+    pub tunnel_timeout: Option<Duration>,
+    /// TCP_USER_TIMEOUT on both legs: how long written bytes may stay unacknowledged, or stuck
+    /// behind a zero window, before the kernel ends the connection.
+    pub tcp_user_timeout: Duration,
     /// Forward with splice(2) through a pipe (Linux); `false` forces the portable copy path.
     pub zero_copy: bool,
     /// Send a PROXY protocol header with the client's address to the upstream first.
@@ -292,6 +314,10 @@ struct RawRoute {
     lock_coordinator: Option<Spanned<String>>,
     connect_timeout_ms: Option<Spanned<u64>>,
     half_close_timeout_ms: Option<Spanned<u64>>,
+    client_timeout_ms: Option<Spanned<u64>>,
+    server_timeout_ms: Option<Spanned<u64>>,
+    tunnel_timeout_ms: Option<Spanned<u64>>,
+    tcp_user_timeout_ms: Option<Spanned<u64>>,
     zero_copy: Option<Spanned<bool>>,
     proxy_protocol: Option<Spanned<String>>,
 }
@@ -391,6 +417,12 @@ impl Config {
             }
             let _ = writeln!(out, "connect-timeout-ms = {}", ms(r.connect_timeout));
             let _ = writeln!(out, "half-close-timeout-ms = {}", ms(r.half_close_timeout));
+            let _ = writeln!(out, "client-timeout-ms = {}", ms(r.client_timeout));
+            let _ = writeln!(out, "server-timeout-ms = {}", ms(r.server_timeout));
+            if let Some(t) = r.tunnel_timeout {
+                let _ = writeln!(out, "tunnel-timeout-ms = {}", ms(t));
+            }
+            let _ = writeln!(out, "tcp-user-timeout-ms = {}", ms(r.tcp_user_timeout));
             let _ = writeln!(out, "zero-copy = {}", r.zero_copy);
             let _ = writeln!(out, "proxy-protocol = {}", q(r.proxy_protocol.as_str()));
         }
@@ -691,6 +723,34 @@ fn validate(raw: RawConfig, base: &Path, path: &Path) -> Result<Config, Bad> {
                 "half-close-timeout-ms",
                 DEFAULT_HALF_CLOSE_TIMEOUT_MS,
             )?,
+            client_timeout: bounded_ms(
+                r.client_timeout_ms,
+                "client-timeout-ms",
+                DEFAULT_INACTIVITY_TIMEOUT_MS,
+                MAX_ROUTE_TIMEOUT_MS,
+            )?,
+            server_timeout: bounded_ms(
+                r.server_timeout_ms,
+                "server-timeout-ms",
+                DEFAULT_INACTIVITY_TIMEOUT_MS,
+                MAX_ROUTE_TIMEOUT_MS,
+            )?,
+            tunnel_timeout: match r.tunnel_timeout_ms {
+                Some(t) => Some(bounded_ms(
+                    Some(t),
+                    "tunnel-timeout-ms",
+                    0,
+                    MAX_ROUTE_TIMEOUT_MS,
+                )?),
+                None => None,
+            },
+            tcp_user_timeout: bounded_ms(
+                r.tcp_user_timeout_ms,
+                "tcp-user-timeout-ms",
+                DEFAULT_TCP_USER_TIMEOUT_MS,
+                // The kernel takes an unsigned int of milliseconds.
+                MAX_ROUTE_TIMEOUT_MS.min(u64::from(u32::MAX)),
+            )?,
             zero_copy: r.zero_copy.is_none_or(Spanned::into_inner),
             proxy_protocol,
         });
@@ -918,6 +978,32 @@ fn positive_ms(v: Option<Spanned<u64>>, key: &str, default: u64) -> Result<Durat
         Some(v) if *v.get_ref() == 0 => Err(bad(v.span(), key, "must be greater than 0")),
         Some(v) => Ok(Duration::from_millis(v.into_inner())),
         None => Ok(Duration::from_millis(default)),
+    }
+}
+
+/// A positive number of milliseconds of at most `max` (its documented upper bound).
+fn bounded_ms(v: Option<Spanned<u64>>, key: &str, default: u64, max: u64) -> Result<Duration, Bad> {
+    if let Some(n) = &v
+        && *n.get_ref() > max
+    {
+        return Err(bad(
+            n.span(),
+            key,
+            format!("must be at most {max} ({})", human_ms(max)),
+        ));
+    }
+    positive_ms(v, key, default)
+}
+
+/// `604800000` as "7 days", for bound messages.
+fn human_ms(ms: u64) -> String {
+    match ms {
+        86_400_000 => "1 day".to_owned(),
+        3_600_000 => "1 hour".to_owned(),
+        m if m >= 86_400_000 && m % 86_400_000 == 0 => format!("{} days", m / 86_400_000),
+        m if m >= 3_600_000 && m % 3_600_000 == 0 => format!("{} hours", m / 3_600_000),
+        m if m >= 1000 && m % 1000 == 0 => format!("{} s", m / 1000),
+        m => format!("{m} ms"),
     }
 }
 

@@ -21,6 +21,7 @@ pub const ROUTE_BIND_ERRORS: &str = "lockgate_route_bind_errors_total";
 pub const CONNECTIONS_ACTIVE: &str = "lockgate_connections_active";
 pub const CONNECTIONS: &str = "lockgate_connections_total";
 pub const CONNECTIONS_KILLED: &str = "lockgate_connections_killed_total";
+pub const CONNECTIONS_TIMED_OUT: &str = "lockgate_connections_timed_out_total";
 pub const FORWARDED_BYTES: &str = "lockgate_forwarded_bytes_total";
 pub const UPSTREAM_CONNECT_ERRORS: &str = "lockgate_upstream_connect_errors_total";
 pub const UPSTREAM_CONNECT_SECONDS: &str = "lockgate_upstream_connect_seconds";
@@ -97,6 +98,10 @@ pub fn describe() {
     describe_counter!(
         CONNECTIONS_KILLED,
         "Connections reset by lockgate, by reason."
+    );
+    describe_counter!(
+        CONNECTIONS_TIMED_OUT,
+        "Connections closed by a route timeout, by reason: client_inactive, server_inactive, tunnel_inactive (client-, server-, tunnel-timeout-ms), half_close (half-close-timeout-ms), peer_unresponsive (tcp-user-timeout-ms or keepalive: the kernel gave up on a leg)."
     );
     describe_counter!(
         FORWARDED_BYTES,

@@ -1,0 +1,230 @@
+//! Hostile clients, careless operators and scarce resources (issue 14): real lockgate
+//! processes, real client processes killed with real signals, real descriptor limits set with
+//! `prlimit`, real reloads by SIGHUP.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Writes `text` as `<dir>/<name>.toml`.
+fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// One scrape of the admin endpoint.
+async fn scrape(admin: u16) -> String {
+    http(admin, "GET", "/metrics", &[]).await.1
+}
+
+/// A sample, 0 when absent.
+fn value(scrape: &str, series: &str) -> f64 {
+    sample(scrape, series).unwrap_or(0.0)
+}
+
+/// Waits (bounded) until `pred` holds, checking every 50 ms; returns how long it took.
+async fn wait_until(what: &str, bound: Duration, mut pred: impl AsyncFnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    loop {
+        if pred().await {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < bound, "{what}: not within {bound:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A client process: bash writing zeros into a TCP connection to `port` until it blocks.
+fn zero_writer(port: u16) -> std::process::Child {
+    std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "exec 3<>/dev/tcp/127.0.0.1/{port} && exec cat /dev/zero >&3"
+        ))
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// An upstream that accepts and never reads (a broker stuck in a GC pause, a consumer that
+/// stopped reading): its small receive buffer fills and the proxy's writes block.
+struct DeafUpstream {
+    addr: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DeafUpstream {
+    fn start() -> DeafUpstream {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket
+            .bind(
+                &"127.0.0.1:0"
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap()
+                    .into(),
+            )
+            .unwrap();
+        socket.listen(128).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(socket.into()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        DeafUpstream {
+            addr,
+            accepted,
+            task,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for DeafUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Item 6. Clients killed while their upstream never reads: without route timeouts each
+/// connection stays open forever (both directions wait: one to write to the deaf upstream,
+/// one for the upstream to speak). With `server-timeout-ms` they are closed (the server is
+/// blamed, not the clients, which were not expected to move), counted, and their descriptors
+/// freed; a connection with heartbeats through another route with the same timeouts outlives
+/// them, and is closed once it goes quiet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_clients_of_a_deaf_upstream_are_closed_by_the_route_timeouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let deaf = DeafUpstream::start();
+    let echo = Upstream::start().await;
+    let (admin, port, echo_port) = (free_port(), free_port(), free_port());
+    let config = write_config(
+        dir.path(),
+        "node",
+        &format!(
+            r#"node-id = "node"
+shutdown-grace-ms = 500
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[[route]]
+name = "deaf"
+listen = "127.0.0.1:{port}"
+forward-to = "{deaf}"
+zero-copy = false
+client-timeout-ms = 1500
+server-timeout-ms = 1500
+
+[[route]]
+name = "heartbeat"
+listen = "127.0.0.1:{echo_port}"
+forward-to = "{echo}"
+client-timeout-ms = 1500
+server-timeout-ms = 1500
+"#,
+            deaf = deaf.addr,
+            echo = echo.addr
+        ),
+    );
+    let node = Node::start("node", &config, dir.path()).await;
+    let (_, base_fds) = node.threads_and_fds();
+
+    // A heartbeating client: a ping every 100 ms, echoed, for three timeouts.
+    let heartbeat = tokio::spawn(async move {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", echo_port))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 5];
+        while started.elapsed() < Duration::from_millis(2500) {
+            s.write_all(b"ping\n").await.unwrap();
+            s.read_exact(&mut buf).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        s
+    });
+
+    const CLIENTS: usize = 10;
+    let mut clients: Vec<_> = (0..CLIENTS).map(|_| zero_writer(port)).collect();
+    wait_until(
+        "the deaf upstream accepted every client",
+        BOUND,
+        async || deaf.accepted() == CLIENTS,
+    )
+    .await;
+    // Every client's bytes are stuck: the proxy's writes toward the deaf upstream stopped.
+    let mut last = -1.0;
+    let series = r#"lockgate_forwarded_bytes_total{route="deaf",direction="to_upstream"}"#;
+    wait_until(
+        "the forwarded byte count stopped moving",
+        BOUND,
+        async || {
+            let now = value(&scrape(admin).await, series);
+            let still = now > 0.0 && now == last;
+            last = now;
+            still
+        },
+    )
+    .await;
+    let (_, busy_fds) = node.threads_and_fds();
+    assert!(
+        busy_fds >= base_fds + 2 * CLIENTS,
+        "{base_fds} -> {busy_fds}"
+    );
+    for c in &mut clients {
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+    let took = wait_until(
+        "the dead clients' connections were closed",
+        Duration::from_secs(10),
+        async || node.threads_and_fds().1 <= base_fds + 4,
+    )
+    .await;
+    eprintln!("{CLIENTS} dead clients' connections closed {took:?} after the kill");
+    let m = scrape(admin).await;
+    // The server is blamed: the clients were not expected to move while it did not read.
+    let timed_out = value(
+        &m,
+        r#"lockgate_connections_timed_out_total{route="deaf",reason="server_inactive"}"#,
+    );
+    assert_eq!(timed_out, CLIENTS as f64, "{m}");
+
+    // The heartbeating connection outlived three timeouts, then goes quiet and is closed.
+    let mut s = heartbeat.await.unwrap();
+    let mut buf = [0u8; 1];
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "an idle connection stayed open: {r:?}"
+    );
+    let m = scrape(admin).await;
+    assert_eq!(
+        value(
+            &m,
+            r#"lockgate_connections_timed_out_total{route="heartbeat",reason="client_inactive"}"#
+        ) + value(
+            &m,
+            r#"lockgate_connections_timed_out_total{route="heartbeat",reason="server_inactive"}"#
+        ),
+        1.0,
+        "{m}"
+    );
+}
