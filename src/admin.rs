@@ -18,6 +18,12 @@
 //! without). Unknown paths get 404, a wrong method 405, a malformed or oversized request
 //! (header block over 16 KiB) is refused by hyper; request bodies are never read. None of it
 //! touches the data path.
+//!
+//! The endpoint cannot starve the node of descriptors: it serves at most `[admin]
+//! max-connections` connections at once (default 16) and closes more as they arrive, and it
+//! closes any connection whose descriptor falls within a reserve of the process's
+//! `RLIMIT_NOFILE` (a quarter of it, at most 256), which is kept for the data path and the
+//! health probe. Both are counted in `lockgate_admin_connections_refused_total{reason}`.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -79,11 +85,42 @@ impl State {
     }
 }
 
-/// Serves until `stop`.
-pub async fn serve(listener: TcpListener, state: Arc<State>, stop: CancellationToken) {
-    if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "admin endpoint listening");
+/// Descriptors the admin endpoint leaves to the data path and the health probe: a quarter of
+/// the limit, at most 256.
+fn fd_reserve(limit: u64) -> u64 {
+    (limit / 4).min(256)
+}
+
+/// Whether an accepted admin connection's descriptor lies in the reserve. Linux hands out the
+/// lowest free descriptor, so descriptor N means at least N + 1 are open.
+fn in_fd_reserve(stream: &tokio::net::TcpStream) -> bool {
+    use std::os::fd::AsRawFd as _;
+    let fd = u64::try_from(stream.as_raw_fd()).unwrap_or(0);
+    match rustix::process::getrlimit(rustix::process::Resource::Nofile).current {
+        Some(limit) => fd.saturating_add(fd_reserve(limit)) >= limit,
+        None => false,
     }
+}
+
+/// Closes a refused admin connection at once (RST: no FIN_WAIT state kept for it).
+fn refuse(stream: tokio::net::TcpStream, reason: &'static str) {
+    metrics::counter!(crate::metrics::ADMIN_CONNECTIONS_REFUSED, "reason" => reason).increment(1);
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+/// Serves until `stop`, at most `max_connections` connections at once.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<State>,
+    stop: CancellationToken,
+    max_connections: u32,
+) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, max_connections, "admin endpoint listening");
+    }
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections as usize));
+    let mut refused_logged: Option<std::time::Instant> = None;
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
@@ -97,9 +134,29 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, stop: CancellationT
                 continue;
             }
         };
+        let reason = if in_fd_reserve(&stream) {
+            Some("fd_reserve")
+        } else {
+            None
+        };
+        let permit = match reason {
+            Some(_) => None,
+            None => permits.clone().try_acquire_owned().ok(),
+        };
+        let Some(permit) = permit else {
+            let reason = reason.unwrap_or("limit");
+            // One line per second at most: a flood must not become a log flood.
+            if refused_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                warn!(%peer, reason, max_connections, "admin connection refused (see lockgate_admin_connections_refused_total)");
+                refused_logged = Some(std::time::Instant::now());
+            }
+            refuse(stream, reason);
+            continue;
+        };
         let state = state.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

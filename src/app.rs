@@ -126,7 +126,12 @@ impl App {
                 .await
                 .map_err(|e| anyhow::anyhow!(listener::explain(&e)))
                 .with_context(|| format!("admin endpoint: cannot listen on {}", a.listen))?;
-            tokio::spawn(admin::serve(l, admin.clone(), admin_stop.clone()));
+            tokio::spawn(admin::serve(
+                l,
+                admin.clone(),
+                admin_stop.clone(),
+                a.max_connections,
+            ));
         }
         let mut app = App {
             config: config.clone(),

@@ -61,7 +61,14 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Bearer token for mutating endpoints (required when `listen` is not loopback).
     pub token: Option<String>,
+    /// Admin connections served at once; more are closed as they arrive.
+    pub max_connections: u32,
 }
+
+/// Default `[admin] max-connections`: a Prometheus scraper, a probe or two and an operator.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: u32 = 16;
+/// Upper bound of `[admin] max-connections`.
+pub const MAX_ADMIN_MAX_CONNECTIONS: u32 = 1024;
 
 /// Default admin address: loopback, the Prometheus exporter port.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
@@ -272,6 +279,7 @@ struct RawConfig {
 struct RawAdmin {
     listen: Option<Spanned<String>>,
     token_file: Option<Spanned<String>>,
+    max_connections: Option<Spanned<u32>>,
 }
 
 /// One flat table for every backend, so that a key of another backend gets a precise message
@@ -373,6 +381,7 @@ impl Config {
         if let Some(a) = &self.admin {
             let _ = writeln!(out, "\n[admin]");
             let _ = writeln!(out, "listen = {}", q(&a.listen.to_string()));
+            let _ = writeln!(out, "max-connections = {}", a.max_connections);
             if a.token.is_some() {
                 let _ = writeln!(out, "# token-file: set (the token is not printed)");
             }
@@ -819,7 +828,22 @@ fn validate_admin(a: RawAdmin, base: &Path) -> Result<AdminConfig, Bad> {
             ),
         ));
     }
-    Ok(AdminConfig { listen, token })
+    let max_connections = match a.max_connections {
+        Some(m) if *m.get_ref() == 0 || *m.get_ref() > MAX_ADMIN_MAX_CONNECTIONS => {
+            return Err(bad(
+                m.span(),
+                "max-connections",
+                format!("must be from 1 to {MAX_ADMIN_MAX_CONNECTIONS}"),
+            ));
+        }
+        Some(m) => m.into_inner(),
+        None => DEFAULT_ADMIN_MAX_CONNECTIONS,
+    };
+    Ok(AdminConfig {
+        listen,
+        token,
+        max_connections,
+    })
 }
 
 fn validate_zk(c: &RawCoordinator, kind_span: Range<usize>) -> Result<ZkConfig, Bad> {

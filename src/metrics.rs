@@ -16,6 +16,8 @@ pub const LOCK_BACKEND_UP: &str = "lockgate_lock_backend_up";
 pub const FAILOVER_SECONDS: &str = "lockgate_failover_seconds";
 pub const HEALTH_CHECK_UP: &str = "lockgate_health_check_up";
 pub const HEALTH_CHECK_FAILURES: &str = "lockgate_health_check_failures_total";
+pub const HEALTH_CHECK_LOCAL_ERRORS: &str = "lockgate_health_check_local_errors_total";
+pub const ADMIN_CONNECTIONS_REFUSED: &str = "lockgate_admin_connections_refused_total";
 pub const ROUTE_LISTENING: &str = "lockgate_route_listening";
 pub const ROUTE_BIND_ERRORS: &str = "lockgate_route_bind_errors_total";
 pub const CONNECTIONS_ACTIVE: &str = "lockgate_connections_active";
@@ -87,6 +89,14 @@ pub fn describe() {
     describe_counter!(
         HEALTH_CHECK_FAILURES,
         "Failed health probes of the local broker."
+    );
+    describe_counter!(
+        HEALTH_CHECK_LOCAL_ERRORS,
+        "Health probes that could not run for a local reason (out of file descriptors or memory on this node); they count neither for nor against the broker."
+    );
+    describe_counter!(
+        ADMIN_CONNECTIONS_REFUSED,
+        "Admin connections closed on arrival, by reason: limit (max-connections reached), fd_reserve (the process is near its descriptor limit)."
     );
     describe_gauge!(ROUTE_LISTENING, "1 while the route's listener is bound.");
     describe_counter!(

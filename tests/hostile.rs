@@ -228,3 +228,153 @@ server-timeout-ms = 1500
         "{m}"
     );
 }
+
+/// Sets the descriptor limit (soft:hard) of a running process with `prlimit(1)`.
+fn prlimit_nofile(pid: i32, soft: u64, hard: u64) {
+    let out = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &pid.to_string(),
+            &format!("--nofile={soft}:{hard}"),
+        ])
+        .output()
+        .expect("prlimit (util-linux) is needed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Item 4. A holder limited to 64 descriptors (`prlimit`): a local process opening 200 idle
+/// admin connections, then clients flooding the gated route until accepts fail, must not make
+/// the health probe fail and move the lock. The admin endpoint serves at most
+/// `max-connections` and closes the rest on arrival; a probe that cannot get a descriptor is a
+/// local resource error that counts neither way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn descriptor_floods_do_not_move_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let locks = dir.path().join("locks");
+    std::fs::create_dir(&locks).unwrap();
+    let up = Upstream::start().await;
+    let (admin, port) = (free_port(), free_port());
+    let config = NodeSpec {
+        node_id: "node",
+        locks: &locks,
+        client_port: port,
+        upstream: up.addr,
+        check_period_ms: 1000,
+        health: Some((100, 1, 2)),
+        extra: String::new(),
+        zookeeper: None,
+    }
+    .write(dir.path());
+    // [admin] must come before the first [[lock-coordinator]] table: prepend it.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replacen(
+            "\n[[lock-coordinator]]",
+            &format!("\n[admin]\nlisten = \"127.0.0.1:{admin}\"\nmax-connections = 8\n\n[[lock-coordinator]]"),
+            1,
+        ),
+    )
+    .unwrap();
+    let mut node = Node::start("node", &config, dir.path()).await;
+    node.wait_active().await;
+    wait_serving(port).await;
+    prlimit_nofile(node.pid, 64, 64);
+
+    // 200 idle admin connections from one local process.
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        if let Ok(s) = tokio::net::TcpStream::connect(("127.0.0.1", admin)).await {
+            idle.push(s);
+        }
+    }
+    let mark = node.seen.len();
+    node.collect_for(Duration::from_millis(1500)).await;
+    let (_, fds) = node.threads_and_fds();
+    eprintln!("with 200 admin connections offered: {fds} descriptors open");
+    assert!(
+        !node.seen[mark..].iter().any(|l| l.contains("standby")),
+        "the lock moved during an admin flood: {:?}\n{}",
+        &node.seen[mark..],
+        node.log_text()
+    );
+    assert!(serves(port).await, "the gated route stopped serving");
+    drop(idle);
+    let m = wait_scrape(admin).await;
+    assert!(
+        value(
+            &m,
+            r#"lockgate_admin_connections_refused_total{reason="limit"}"#
+        ) + value(
+            &m,
+            r#"lockgate_admin_connections_refused_total{reason="fd_reserve"}"#
+        ) >= 150.0,
+        "{m}"
+    );
+
+    // Then no descriptor at all: the soft limit drops to 3, below every descriptor open past
+    // stdio, so every socket(), accept() and open() fails with EMFILE (a new descriptor must
+    // be numbered below the limit). The health probe cannot run: a local resource error,
+    // which must not count as a dead broker.
+    prlimit_nofile(node.pid, 3, 64);
+    let mark = node.seen.len();
+    node.collect_for(Duration::from_millis(1500)).await;
+    prlimit_nofile(node.pid, 64, 64);
+    assert!(
+        !node.seen[mark..].iter().any(|l| l.contains("standby")),
+        "the lock moved while this node had no descriptor to spare: {:?}\n{}",
+        &node.seen[mark..],
+        node.log_text()
+    );
+    let log = node.log_text();
+    assert!(!log.contains("local broker is down"), "{log}");
+    assert!(log.contains("a local resource error"), "{log}");
+    wait_serving(port).await;
+    let m = wait_scrape(admin).await;
+    assert!(
+        value(
+            &m,
+            r#"lockgate_health_check_local_errors_total{lock="clients-lock"}"#
+        ) >= 2.0,
+        "{m}"
+    );
+}
+
+/// Scrapes once the admin endpoint accepts again (its idle connections were just closed).
+async fn wait_scrape(admin: u16) -> String {
+    let mut out = String::new();
+    wait_until(
+        "the admin endpoint answered",
+        BOUND,
+        async || match try_get(admin, "/metrics").await {
+            Some((200, body)) => {
+                out = body;
+                true
+            }
+            _ => false,
+        },
+    )
+    .await;
+    out
+}
+
+/// A GET that may be refused; `None` if the connection failed or was reset.
+async fn try_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut out = Vec::new();
+    tokio::time::timeout(BOUND, s.read_to_end(&mut out))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let code = text.split(' ').nth(1)?.parse().ok()?;
+    Some((code, text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned()))
+}
