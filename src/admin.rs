@@ -200,16 +200,21 @@ fn method_not_allowed(allow: &str) -> Response<Full<Bytes>> {
     r
 }
 
+/// Upper bound of `hold-off-ms` and `drain-ms`: one day.
+pub const MAX_COMMAND_MS: u64 = 86_400_000;
+
 fn query_ms(query: Option<&str>, key: &str) -> Result<Option<Duration>, String> {
     let Some(q) = query else { return Ok(None) };
     for pair in q.split('&') {
         if let Some((k, v)) = pair.split_once('=')
             && k == key
         {
-            return v
-                .parse::<u64>()
-                .map(|n| Some(Duration::from_millis(n)))
-                .map_err(|_| format!("{key} must be a whole number of milliseconds"));
+            return match v.parse::<u64>() {
+                Ok(n) if n <= MAX_COMMAND_MS => Ok(Some(Duration::from_millis(n))),
+                _ => Err(format!(
+                    "{key} must be a whole number of milliseconds from 0 to {MAX_COMMAND_MS} (one day)"
+                )),
+            };
         }
     }
     Ok(None)
@@ -302,7 +307,7 @@ async fn command(l: &LockEntry, action: &str, query: Option<&str>) -> Response<F
     let (tx, rx) = oneshot::channel();
     let (cmd, wait) = if action == "step-down" {
         let hold_off = match query_ms(query, "hold-off-ms") {
-            Ok(v) => v.unwrap_or(l.cfg.check_period * 3),
+            Ok(v) => v.unwrap_or(l.cfg.check_period.saturating_mul(3)),
             Err(e) => return text(StatusCode::BAD_REQUEST, e),
         };
         let drain = match query_ms(query, "drain-ms") {
@@ -326,7 +331,7 @@ async fn command(l: &LockEntry, action: &str, query: Option<&str>) -> Response<F
             "the lock coordinator is stopping",
         );
     }
-    match tokio::time::timeout(wait + Duration::from_secs(30), rx).await {
+    match tokio::time::timeout(wait.saturating_add(Duration::from_secs(30)), rx).await {
         Ok(Ok(answer)) => json(
             StatusCode::OK,
             &serde_json::json!({ "lock": l.cfg.name, "result": answer }),

@@ -38,6 +38,13 @@ pub const DEFAULT_INACTIVITY_TIMEOUT_MS: u64 = 180_000;
 pub const DEFAULT_TCP_USER_TIMEOUT_MS: u64 = 60_000;
 /// Upper bound of every route timeout: one week.
 pub const MAX_ROUTE_TIMEOUT_MS: u64 = 7 * 86_400_000;
+/// Upper bound of every period, grace and lock-service timeout (`shutdown-grace-ms`,
+/// `check-period`, `session-ms`, `connection-ms`, `retries-ms`, `interval-ms`, `timeout-ms`,
+/// `connect-timeout-ms`): one hour. Far above any sensible value, and low enough that every
+/// sum and product lockgate forms from them stays exact.
+pub const MAX_PERIOD_MS: u64 = 3_600_000;
+/// Upper bound of the counts `rise`, `fall` and `retries`.
+pub const MAX_COUNT: u32 = 1000;
 
 /// A configuration that has passed every check: what `run`, `check` and `status` work from.
 #[derive(Debug, Clone)]
@@ -144,14 +151,14 @@ impl ZkConfig {
     /// The arithmetic for session timeout `session` (the configured one at load time, the
     /// negotiated one at run time). F is capped so the margin stays at least the required one.
     pub fn fencing(&self, session: Duration) -> Fencing {
-        let connection_ignored = self.connection > session * 3 / 5;
+        let connection_ignored = self.connection > scale(session, 3, 5);
         let connection = if connection_ignored {
-            session * 2 / 5
+            scale(session, 2, 5)
         } else {
             self.connection
         };
-        let required_margin = connection / 8 + ZK_SCHEDULING_SLACK;
-        let wanted = session * self.session_percent / 100;
+        let required_margin = (connection / 8).saturating_add(ZK_SCHEDULING_SLACK);
+        let wanted = scale(session, self.session_percent.into(), 100);
         let cap = session
             .saturating_sub(connection)
             .saturating_sub(required_margin);
@@ -166,6 +173,19 @@ impl ZkConfig {
                 .saturating_sub(fence_after),
             required_margin,
         }
+    }
+}
+
+/// `d × num / den` without overflow (saturating at `Duration::MAX`); `den` must be nonzero.
+pub fn scale(d: Duration, num: u64, den: u64) -> Duration {
+    let nanos = d.as_nanos().saturating_mul(u128::from(num)) / u128::from(den.max(1));
+    let secs = u64::try_from(nanos / 1_000_000_000).unwrap_or(u64::MAX);
+    // The remainder is below 10^9: it fits.
+    let sub = u32::try_from(nanos % 1_000_000_000).unwrap_or(0);
+    if secs == u64::MAX {
+        Duration::MAX
+    } else {
+        Duration::new(secs, sub)
     }
 }
 
@@ -462,16 +482,18 @@ impl CoordinatorConfig {
     pub fn failover_bounds(&self) -> FailoverBounds {
         let p = self.check_period;
         let (holder_dies, fence_within) = match &self.backend {
-            BackendConfig::File { .. } => (Duration::ZERO, p + self.io_timeout()),
+            BackendConfig::File { .. } => (Duration::ZERO, p.saturating_add(self.io_timeout())),
             BackendConfig::ZooKeeper(z) => (z.session, z.fencing(z.session).fence_after),
         };
         FailoverBounds {
             holder_dies,
             holder_stops: Duration::ZERO,
-            broker_dies: self
-                .health
-                .as_ref()
-                .map(|h| h.interval * h.fall + h.timeout),
+            broker_dies: self.health.as_ref().map(|h| {
+                h.interval
+                    .checked_mul(h.fall)
+                    .and_then(|d| d.checked_add(h.timeout))
+                    .unwrap_or(Duration::MAX)
+            }),
             fence_within,
         }
     }
@@ -492,7 +514,7 @@ impl CoordinatorConfig {
                     ms(f.session), ms(f.connection),
                     if f.connection_ignored { format!(" (connection-ms {} is above 3/5 of S, which zookeeper-client ignores: it uses 2/5 of S)", ms(z.connection)) } else { String::new() },
                     ms(f.fence_after), z.session_percent,
-                    if f.fence_after < z.session * z.session_percent / 100 { ", capped by the margin" } else { "" },
+                    if f.fence_after < scale(z.session, z.session_percent.into(), 100) { ", capped by the margin" } else { "" },
                     ms(f.margin), ms(f.required_margin)));
                 lines.push(format!("holder process dies: the server expires its session, then the standby takes over: within {} ms (S, plus up to one server tick)", ms(b.holder_dies)));
                 lines.push("holder shuts down (SIGTERM): it deletes its node and the standby takes over at once".to_owned());
@@ -520,11 +542,16 @@ fn validate(raw: RawConfig, base: &Path, path: &Path) -> Result<Config, Bad> {
         Some(n) => non_empty(n, "node-id")?,
         None => default_node_id(),
     };
-    let shutdown_grace = Duration::from_millis(
-        raw.shutdown_grace_ms
-            .map(|v| v.into_inner())
-            .unwrap_or(DEFAULT_SHUTDOWN_GRACE_MS),
-    );
+    let shutdown_grace = match raw.shutdown_grace_ms {
+        // 0 is allowed: open routes' connections are reset at once.
+        Some(v) if *v.get_ref() == 0 => Duration::ZERO,
+        v => bounded_ms(
+            v,
+            "shutdown-grace-ms",
+            DEFAULT_SHUTDOWN_GRACE_MS,
+            MAX_PERIOD_MS,
+        )?,
+    };
 
     let admin = match raw.admin {
         Some(a) => Some(validate_admin(a.into_inner(), base)?),
@@ -552,10 +579,11 @@ fn validate(raw: RawConfig, base: &Path, path: &Path) -> Result<Config, Bad> {
                 "must be a plain name (it names a file or znode): no '/', not '.' or '..'",
             ));
         }
-        let check_period = positive_ms(
+        let check_period = bounded_ms(
             c.check_period.clone(),
             "check-period",
             DEFAULT_CHECK_PERIOD_MS,
+            MAX_PERIOD_MS,
         )?;
         let kind_span = c.kind.span();
         let kind = c.kind.get_ref().as_str();
@@ -722,15 +750,17 @@ fn validate(raw: RawConfig, base: &Path, path: &Path) -> Result<Config, Bad> {
             listen,
             forward_to,
             lock,
-            connect_timeout: positive_ms(
+            connect_timeout: bounded_ms(
                 r.connect_timeout_ms,
                 "connect-timeout-ms",
                 DEFAULT_CONNECT_TIMEOUT_MS,
+                MAX_PERIOD_MS,
             )?,
-            half_close_timeout: positive_ms(
+            half_close_timeout: bounded_ms(
                 r.half_close_timeout_ms,
                 "half-close-timeout-ms",
                 DEFAULT_HALF_CLOSE_TIMEOUT_MS,
+                MAX_ROUTE_TIMEOUT_MS,
             )?,
             client_timeout: bounded_ms(
                 r.client_timeout_ms,
@@ -892,13 +922,24 @@ fn validate_zk(c: &RawCoordinator, kind_span: Range<usize>) -> Result<ZkConfig, 
         ));
     }
     let copy = |v: &Option<Spanned<u64>>| v.as_ref().map(|v| Spanned::new(v.span(), *v.get_ref()));
-    let session = positive_ms(copy(&c.session_ms), "session-ms", DEFAULT_ZK_SESSION_MS)?;
-    let connection = positive_ms(
+    let session = bounded_ms(
+        copy(&c.session_ms),
+        "session-ms",
+        DEFAULT_ZK_SESSION_MS,
+        MAX_PERIOD_MS,
+    )?;
+    let connection = bounded_ms(
         copy(&c.connection_ms),
         "connection-ms",
         DEFAULT_ZK_CONNECTION_MS,
+        MAX_PERIOD_MS,
     )?;
-    let retries_wait = positive_ms(copy(&c.retries_ms), "retries-ms", DEFAULT_ZK_RETRIES_MS)?;
+    let retries_wait = bounded_ms(
+        copy(&c.retries_ms),
+        "retries-ms",
+        DEFAULT_ZK_RETRIES_MS,
+        MAX_PERIOD_MS,
+    )?;
     let session_percent = match &c.session_percent {
         Some(p) if *p.get_ref() == 0 || *p.get_ref() > 100 => {
             return Err(bad(p.span(), "session-percent", "must be from 1 to 100"));
@@ -912,10 +953,17 @@ fn validate_zk(c: &RawCoordinator, kind_span: Range<usize>) -> Result<ZkConfig, 
         session,
         session_percent,
         connection,
-        retries: c
-            .retries
-            .as_ref()
-            .map_or(DEFAULT_ZK_RETRIES, |r| *r.get_ref()),
+        retries: match &c.retries {
+            Some(r) if *r.get_ref() > MAX_COUNT => {
+                return Err(bad(
+                    r.span(),
+                    "retries",
+                    format!("must be at most {MAX_COUNT}"),
+                ));
+            }
+            Some(r) => *r.get_ref(),
+            None => DEFAULT_ZK_RETRIES,
+        },
         retries_wait,
     };
     let f = zk.fencing(session);
@@ -960,9 +1008,19 @@ fn validate_health(h: RawHealth) -> Result<HealthConfig, Bad> {
             format!("\"{address}\" needs a host and port, like \"127.0.0.1:61626\""),
         ));
     }
-    let interval = positive_ms(h.interval_ms, "interval-ms", DEFAULT_HEALTH_INTERVAL_MS)?;
+    let interval = bounded_ms(
+        h.interval_ms,
+        "interval-ms",
+        DEFAULT_HEALTH_INTERVAL_MS,
+        MAX_PERIOD_MS,
+    )?;
     let timeout_span = h.timeout_ms.as_ref().map(|t| t.span());
-    let timeout = positive_ms(h.timeout_ms, "timeout-ms", DEFAULT_HEALTH_TIMEOUT_MS)?;
+    let timeout = bounded_ms(
+        h.timeout_ms,
+        "timeout-ms",
+        DEFAULT_HEALTH_TIMEOUT_MS,
+        MAX_PERIOD_MS,
+    )?;
     if timeout > interval {
         return Err(bad(
             timeout_span.unwrap_or(0..0),
@@ -976,7 +1034,9 @@ fn validate_health(h: RawHealth) -> Result<HealthConfig, Bad> {
     }
     let count = |v: Option<Spanned<u32>>, key: &str, default: u32| -> Result<u32, Bad> {
         match v {
-            Some(v) if *v.get_ref() == 0 => Err(bad(v.span(), key, "must be at least 1")),
+            Some(v) if *v.get_ref() == 0 || *v.get_ref() > MAX_COUNT => {
+                Err(bad(v.span(), key, format!("must be from 1 to {MAX_COUNT}")))
+            }
             Some(v) => Ok(v.into_inner()),
             None => Ok(default),
         }

@@ -269,17 +269,7 @@ async fn descriptor_floods_do_not_move_the_lock() {
         zookeeper: None,
     }
     .write(dir.path());
-    // [admin] must come before the first [[lock-coordinator]] table: prepend it.
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replacen(
-            "\n[[lock-coordinator]]",
-            &format!("\n[admin]\nlisten = \"127.0.0.1:{admin}\"\nmax-connections = 8\n\n[[lock-coordinator]]"),
-            1,
-        ),
-    )
-    .unwrap();
+    let config = with_admin(config, admin, "max-connections = 8\n");
     let mut node = Node::start("node", &config, dir.path()).await;
     node.wait_active().await;
     wait_serving(port).await;
@@ -377,4 +367,73 @@ async fn try_get(port: u16, path: &str) -> Option<(u16, String)> {
     let text = String::from_utf8_lossy(&out).into_owned();
     let code = text.split(' ').nth(1)?.parse().ok()?;
     Some((code, text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned()))
+}
+
+/// Item 3, the admin side: a step-down whose hold-off would overflow the clock is refused
+/// with 400, and the coordinator keeps running (before: the coordinator task panicked adding
+/// the hold-off to `Instant::now()`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_step_down_durations_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let locks = dir.path().join("locks");
+    std::fs::create_dir(&locks).unwrap();
+    let up = Upstream::start().await;
+    let (admin, port) = (free_port(), free_port());
+    let config = with_admin(
+        NodeSpec {
+            node_id: "node",
+            locks: &locks,
+            client_port: port,
+            upstream: up.addr,
+            check_period_ms: 1000,
+            health: None,
+            extra: String::new(),
+            zookeeper: None,
+        }
+        .write(dir.path()),
+        admin,
+        "",
+    );
+    let mut node = Node::start("node", &config, dir.path()).await;
+    node.wait_active().await;
+    for q in [
+        "hold-off-ms=18446744073709551615",
+        "drain-ms=18446744073709551615",
+        "hold-off-ms=86400001",
+    ] {
+        let (code, body) = http(
+            admin,
+            "POST",
+            &format!("/locks/clients-lock/step-down?{q}"),
+            &[],
+        )
+        .await;
+        assert_eq!(code, 400, "{q}: {body}");
+    }
+    // Still the holder, still answering commands.
+    let (code, body) = http(
+        admin,
+        "POST",
+        "/locks/clients-lock/step-down?hold-off-ms=100",
+        &[],
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    node.wait_standby("released: step_down").await;
+    node.wait_active().await;
+}
+
+/// Adds an `[admin]` table (with `extra` keys) to a config written by `NodeSpec`.
+fn with_admin(config: PathBuf, admin: u16, extra: &str) -> PathBuf {
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replacen(
+            "\n[[lock-coordinator]]",
+            &format!("\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n{extra}\n[[lock-coordinator]]"),
+            1,
+        ),
+    )
+    .unwrap();
+    config
 }
