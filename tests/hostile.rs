@@ -437,3 +437,63 @@ fn with_admin(config: PathBuf, admin: u16, extra: &str) -> PathBuf {
     .unwrap();
     config
 }
+
+/// Item 2. A file-lock standby reloaded 300 times (real SIGHUPs, each changing its
+/// coordinator's settings so the coordinator is stopped and re-created) keeps its thread and
+/// descriptor counts flat: a stopped `FileLock` hands its blocked waiter to the next one
+/// instead of leaving it behind (before: one more thread and descriptor per reload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloading_a_file_lock_standby_leaks_no_thread_and_no_descriptor() {
+    let dir = tempfile::tempdir().unwrap();
+    let locks = dir.path().join("locks");
+    std::fs::create_dir(&locks).unwrap();
+    let up = [Upstream::start().await, Upstream::start().await];
+    let ports = [free_port(), free_port()];
+    let spec = |i: usize, id, period| NodeSpec {
+        node_id: id,
+        locks: &locks,
+        client_port: ports[i],
+        upstream: up[i].addr,
+        check_period_ms: period,
+        health: None,
+        extra: String::new(),
+        zookeeper: None,
+    };
+    let c0 = spec(0, "node0", 1000).write(dir.path());
+    let mut holder = Node::start("node0", &c0, dir.path()).await;
+    holder.wait_active().await;
+    let c1 = spec(1, "node1", 1000).write(dir.path());
+    let mut standby = Node::start("node1", &c1, dir.path()).await;
+    standby.wait_standby("contending").await;
+
+    const RELOADS: usize = 300;
+    let mut at = Vec::new();
+    for i in 0..RELOADS {
+        // Alternate the check-period: the coordinator changed, so it is stopped and replaced.
+        spec(1, "node1", 1000 + (i as u64 % 2) + 1).write(dir.path());
+        standby.signal(libc::SIGHUP);
+        standby.wait_note(|l| l == "RELOADING=1").await;
+        // READY=1 and the new coordinator's "contending", in either order.
+        let (mut ready, mut contending) = (false, false);
+        while !(ready && contending) {
+            let l = standby
+                .wait_note(|l| l == "READY=1" || l.ends_with("standby (contending)"))
+                .await;
+            ready |= l == "READY=1";
+            contending |= l != "READY=1";
+        }
+        if i == 9 || i == 99 || i == RELOADS - 1 {
+            at.push(standby.threads_and_fds());
+        }
+    }
+    eprintln!("standby threads and descriptors after 10, 100, {RELOADS} reloads: {at:?}");
+    let (t10, f10) = at[0];
+    for (threads, fds) in &at[1..] {
+        assert!(*threads <= t10 + 2, "threads grew: {at:?}");
+        assert!(*fds <= f10 + 2, "descriptors grew: {at:?}");
+    }
+    // Still a working standby: it takes over when the holder goes.
+    holder.signal(libc::SIGKILL);
+    standby.wait_active().await;
+    wait_serving(ports[1]).await;
+}
