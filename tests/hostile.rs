@@ -497,3 +497,62 @@ async fn reloading_a_file_lock_standby_leaks_no_thread_and_no_descriptor() {
     standby.wait_active().await;
     wait_serving(ports[1]).await;
 }
+
+/// Item 7. 200 clients whose upstream refuses (a broker that just died): every refusal is
+/// counted, but the log gets at most one line per second for that cause, with the count it
+/// stands for (before: 200 WARN lines).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_upstream_connects_log_one_line_per_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, port, dead) = (free_port(), free_port(), free_port());
+    let config = write_config(
+        dir.path(),
+        "node",
+        &format!(
+            r#"node-id = "node"
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[[route]]
+name = "r"
+listen = "127.0.0.1:{port}"
+forward-to = "127.0.0.1:{dead}"
+"#
+        ),
+    );
+    let node = Node::start("node", &config, dir.path()).await;
+    const CLIENTS: usize = 200;
+    let started = Instant::now();
+    for _ in 0..CLIENTS {
+        // The proxy resets the client once its upstream refused (the reset may already
+        // be there when the connect completes).
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            let mut buf = [0u8; 1];
+            let r = tokio::time::timeout(BOUND, s.read(&mut buf)).await.unwrap();
+            assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+        }
+    }
+    let secs = started.elapsed().as_secs();
+    let series = r#"lockgate_upstream_connect_errors_total{route="r",reason="refused"}"#;
+    let mut m = String::new();
+    wait_until("every refusal was counted", BOUND, async || {
+        m = scrape(admin).await;
+        value(&m, series) == CLIENTS as f64
+    })
+    .await;
+    let log = node.log_text();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("cannot connect to the upstream"))
+        .collect();
+    eprintln!(
+        "{CLIENTS} refused connects in about {secs} s: {} log lines",
+        lines.len()
+    );
+    assert!(
+        !lines.is_empty() && lines.len() as u64 <= secs + 2,
+        "{} lines for {CLIENTS} refusals in {secs} s:\n{}",
+        lines.len(),
+        lines.join("\n")
+    );
+}

@@ -38,12 +38,62 @@ pub struct RouteRuntime {
     accept_errors_fd: Counter,
     accept_errors_other: Counter,
     connect_seconds: Histogram,
+    /// `lockgate_upstream_connect_errors_total` by cause: refused, error, timeout.
+    connect_errors: [Counter; 3],
+    /// At most one WARN line per cause per second for failed upstream connects.
+    connect_error_log: LogLimiter,
     /// Readable copies of the gauges, for the admin endpoint.
     active_now: AtomicU64,
     listening_now: AtomicBool,
     /// `forward-to` names this host's loopback: no keepalive on that leg (a dead peer there is
     /// reported by the kernel at once), which saves three system calls per connection.
     upstream_is_loopback: bool,
+}
+
+/// Why a connect to the upstream failed: the `reason` of
+/// `lockgate_upstream_connect_errors_total`, and the cause a log line stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnectFailure {
+    Refused,
+    Error,
+    Timeout,
+}
+
+impl ConnectFailure {
+    const ALL: [ConnectFailure; 3] = [
+        ConnectFailure::Refused,
+        ConnectFailure::Error,
+        ConnectFailure::Timeout,
+    ];
+
+    fn reason(self) -> &'static str {
+        match self {
+            ConnectFailure::Refused => "refused",
+            ConnectFailure::Error => "error",
+            ConnectFailure::Timeout => "timeout",
+        }
+    }
+}
+
+/// Per cause: when the last line was logged, and how many events it has not reported yet.
+#[derive(Default)]
+struct LogLimiter(std::sync::Mutex<[(Option<std::time::Instant>, u64); 3]>);
+
+impl LogLimiter {
+    /// Records one event of `cause`; returns `Some(n)` when a line should be logged now, `n`
+    /// being the events of that cause since the last line (this one included), else `None`.
+    fn event(&self, cause: ConnectFailure) -> Option<u64> {
+        let mut slots = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (last, count) = &mut slots[cause as usize];
+        *count += 1;
+        let now = std::time::Instant::now();
+        if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+            *last = Some(now);
+            Some(std::mem::take(count))
+        } else {
+            None
+        }
+    }
 }
 
 /// A route as the admin endpoint shows it.
@@ -70,6 +120,10 @@ impl RouteRuntime {
             listening: metrics::gauge!(m::ROUTE_LISTENING, "route" => r.clone()),
             accept_errors_fd: metrics::counter!(m::ACCEPT_ERRORS, "route" => r.clone(), "reason" => "out_of_fds"),
             accept_errors_other: metrics::counter!(m::ACCEPT_ERRORS, "route" => r.clone(), "reason" => "other"),
+            connect_errors: ConnectFailure::ALL.map(|c| {
+                metrics::counter!(m::UPSTREAM_CONNECT_ERRORS, "route" => r.clone(), "reason" => c.reason())
+            }),
+            connect_error_log: LogLimiter::default(),
             connect_seconds: metrics::histogram!(m::UPSTREAM_CONNECT_SECONDS, "route" => r),
             active_now: AtomicU64::new(0),
             listening_now: AtomicBool::new(false),
@@ -336,22 +390,28 @@ async fn serve(
         }
         r = connect => r,
     };
+    // Every failure is counted; at most one line per cause per second is logged (a failover
+    // refuses every client of the dead broker at once), with the count it stands for.
     let upstream = match upstream {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            let reason = if e.kind() == io::ErrorKind::ConnectionRefused {
-                "refused"
+            let cause = if e.kind() == io::ErrorKind::ConnectionRefused {
+                ConnectFailure::Refused
             } else {
-                "error"
+                ConnectFailure::Error
             };
-            metrics::counter!(m::UPSTREAM_CONNECT_ERRORS, "route" => name.to_owned(), "reason" => reason).increment(1);
-            warn!(route = name, %peer, upstream = %route.cfg.forward_to, error = %explain(&e), "cannot connect to the upstream; closing the client's connection");
+            route.connect_errors[cause as usize].increment(1);
+            if let Some(failures) = route.connect_error_log.event(cause) {
+                warn!(route = name, %peer, upstream = %route.cfg.forward_to, error = %explain(&e), failures, "cannot connect to the upstream; closing the client's connection (failures: how many since the last such line)");
+            }
             reset(downstream);
             return;
         }
         Err(_) => {
-            metrics::counter!(m::UPSTREAM_CONNECT_ERRORS, "route" => name.to_owned(), "reason" => "timeout").increment(1);
-            warn!(route = name, %peer, upstream = %route.cfg.forward_to, timeout_ms = route.cfg.connect_timeout.as_millis() as u64, "upstream did not answer the connect in time; closing the client's connection");
+            route.connect_errors[ConnectFailure::Timeout as usize].increment(1);
+            if let Some(failures) = route.connect_error_log.event(ConnectFailure::Timeout) {
+                warn!(route = name, %peer, upstream = %route.cfg.forward_to, timeout_ms = route.cfg.connect_timeout.as_millis() as u64, failures, "upstream did not answer the connect in time; closing the client's connection (failures: how many since the last such line)");
+            }
             reset(downstream);
             return;
         }
@@ -422,6 +482,21 @@ mod tests {
             r.tcp_user_timeout().unwrap(),
             Some(Duration::from_millis(7000))
         );
+    }
+
+    #[test]
+    fn one_line_per_cause_per_second() {
+        let l = LogLimiter::default();
+        assert_eq!(l.event(ConnectFailure::Refused), Some(1));
+        for _ in 0..50 {
+            assert_eq!(l.event(ConnectFailure::Refused), None);
+        }
+        // Another cause has its own line.
+        assert_eq!(l.event(ConnectFailure::Timeout), Some(1));
+        // A second later, the next line reports the 50 it stood for, plus itself.
+        l.0.lock().unwrap()[ConnectFailure::Refused as usize].0 =
+            Some(std::time::Instant::now() - Duration::from_secs(1));
+        assert_eq!(l.event(ConnectFailure::Refused), Some(51));
     }
 
     #[tokio::test]
