@@ -556,3 +556,163 @@ forward-to = "127.0.0.1:{dead}"
         lines.join("\n")
     );
 }
+
+/// A TCP relay to `target` that counts the connections it carried.
+struct CountingRelay {
+    port: u16,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CountingRelay {
+    async fn start(target: u16) -> CountingRelay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let n = connections.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut down, _)) = listener.accept().await {
+                n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    if let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                });
+            }
+        });
+        CountingRelay {
+            port,
+            connections,
+            task,
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for CountingRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// This host's own non-loopback IPv4 address, if it has one (found by a UDP connect, which
+/// sends nothing).
+fn own_address() -> Option<std::net::IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.1:9").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+/// A GET from a given local address.
+async fn get_from(from: std::net::IpAddr, port: u16, path: &str, headers: &str) -> u16 {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::new(from, 0)).unwrap();
+    let mut s = socket
+        .connect(std::net::SocketAddr::new(from, port))
+        .await
+        .unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(BOUND, s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&out)
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Item 5. `GET /status` serves the coordinator's own view and opens no ZooKeeper session
+/// (before: one per request); `?fresh=1` reads the ensemble at most once per second per lock,
+/// and from beyond loopback only with the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_does_not_cost_the_ensemble() {
+    if !common::zk::available() {
+        return;
+    }
+    let zk = common::zk::Ensemble::start(1).await;
+    let relay = CountingRelay::start(zk.client_port(0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start().await;
+    let (admin, port) = (free_port(), free_port());
+    let token = "0123456789abcdef-token";
+    std::fs::write(dir.path().join("token"), token).unwrap();
+    let config = NodeSpec {
+        node_id: "node",
+        locks: dir.path(),
+        client_port: port,
+        upstream: up.addr,
+        check_period_ms: 500,
+        health: None,
+        extra: String::new(),
+        zookeeper: Some(format!(
+            "connect-string = \"127.0.0.1:{}\"\nnamespace = \"lockgate-test\"\nsession-ms = 4000\nsession-percent = 25\nconnection-ms = 1500",
+            relay.port
+        )),
+    }
+    .write(dir.path());
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "\n[[lock-coordinator]]",
+        &format!("\n[admin]\nlisten = \"0.0.0.0:{admin}\"\ntoken-file = \"token\"\n\n[[lock-coordinator]]"),
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut node = Node::start("node", &config, dir.path()).await;
+    node.wait_active().await;
+    // The STATUS line goes out just before the admin view is updated.
+    wait_until("the admin view shows the lock held", BOUND, async || {
+        http(admin, "GET", "/status", &[])
+            .await
+            .1
+            .contains(r#""held":true"#)
+    })
+    .await;
+    let before = relay.connections();
+    for _ in 0..100 {
+        let (code, body) = http(admin, "GET", "/status", &[]).await;
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let lock = &v["locks"]["clients-lock"];
+        assert_eq!(lock["held"], true, "{body}");
+        assert_eq!(lock["holder"]["node-id"], "node", "{body}");
+    }
+    assert_eq!(
+        relay.connections(),
+        before,
+        "GET /status opened ZooKeeper sessions"
+    );
+    // Explicit fresh reads: at most one per second.
+    let started = Instant::now();
+    for _ in 0..20 {
+        let (code, body) = http(admin, "GET", "/status?fresh=1", &[]).await;
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(v["locks"]["clients-lock"]["observed"].is_object(), "{body}");
+    }
+    let reads = relay.connections() - before;
+    let secs = started.elapsed().as_secs() as usize;
+    eprintln!("20 fresh status reads in about {secs} s: {reads} ZooKeeper sessions");
+    assert!(
+        reads >= 1 && reads <= secs + 1,
+        "{reads} sessions in {secs} s"
+    );
+    // Beyond loopback, a fresh read needs the token; the plain view does not.
+    match own_address() {
+        Some(ip) => {
+            assert_eq!(get_from(ip, admin, "/status?fresh=1", "").await, 401);
+            assert_eq!(get_from(ip, admin, "/status", "").await, 200);
+            let auth = format!("Authorization: Bearer {token}\r\n");
+            assert_eq!(get_from(ip, admin, "/status?fresh=1", &auth).await, 200);
+        }
+        None => eprintln!("skipped the beyond-loopback part: this host has no other address"),
+    }
+    drop(zk);
+}
