@@ -235,7 +235,8 @@ impl App {
     async fn reload(&mut self) {
         systemd::reloading();
         info!(config = %self.config.source.display(), "reloading the configuration");
-        let new = match Config::load(&self.config.source) {
+        // Off the runtime and bounded: the load checks the locks folder, which may hang.
+        let new = match Config::load_bounded(&self.config.source, crate::config::LOAD_BOUND).await {
             Ok(c) => c,
             Err(e) => {
                 metrics::counter!(m::CONFIG_RELOAD_ERRORS).increment(1);

@@ -263,6 +263,24 @@ impl ProxyProtocol {
     }
 }
 
+/// Why a bounded load gave no configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(
+        "storage not answering: reading the config and its locks folder took longer than {0:?} (a hung shared mount?)"
+    )]
+    StorageNotAnswering(Duration),
+    #[error("storage not answering: an earlier load of the config is still waiting for it")]
+    StillWaiting,
+    #[error("loading the config failed: {0}")]
+    Failed(String),
+}
+
+/// The bound on loading the config at start, at reload and for `lockgate status`.
+pub const LOAD_BOUND: Duration = Duration::from_secs(5);
+
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -373,6 +391,32 @@ impl Config {
             source,
         })?;
         Config::from_str(&text, path)
+    }
+
+    /// [`Config::load`] on a blocking thread, bounded by `bound`: the load checks the locks
+    /// folder, which may hang on a dead shared mount. At most one such load is outstanding in
+    /// the process: while one is still stuck, another is refused at once rather than leaving
+    /// one more thread behind.
+    pub async fn load_bounded(path: &Path, bound: Duration) -> Result<Config, LoadError> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        static IN_FLIGHT: AtomicBool = AtomicBool::new(false);
+        if IN_FLIGHT.swap(true, Ordering::AcqRel) {
+            return Err(LoadError::StillWaiting);
+        }
+        let owned = path.to_path_buf();
+        let task = tokio::task::spawn_blocking(move || {
+            let r = Config::load(&owned);
+            IN_FLIGHT.store(false, Ordering::Release);
+            r
+        });
+        match tokio::time::timeout(bound, task).await {
+            Ok(Ok(r)) => r.map_err(LoadError::Config),
+            Ok(Err(join)) => {
+                IN_FLIGHT.store(false, Ordering::Release);
+                Err(LoadError::Failed(join.to_string()))
+            }
+            Err(_) => Err(LoadError::StorageNotAnswering(bound)),
+        }
     }
 
     /// Parses and validates `text` as if read from `path`.

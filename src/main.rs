@@ -81,12 +81,9 @@ fn main() -> ExitCode {
         | Command::StepDown { config, .. }
         | Command::Resume { config, .. } => config,
     };
-    let config = match Config::load(path) {
+    let config = match load(path) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("lockgate: config error: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
     match cli.command {
         Command::Check { .. } => {
@@ -99,6 +96,8 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             print!("{}", runtime.block_on(lockgate::status::report(&config)));
+            // A read stuck on a hung mount keeps its blocking thread: do not wait for it.
+            runtime.shutdown_background();
             ExitCode::SUCCESS
         }
         Command::Run { .. } => run(config),
@@ -122,6 +121,38 @@ fn main() -> ExitCode {
     }
 }
 
+/// Loads the config on a thread of its own within `LOAD_BOUND`: validation checks the locks
+/// folder, which may hang on a dead shared mount. Exit 2 for a bad config, 1 for storage that
+/// does not answer (the stuck thread is left behind; exiting ends it).
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let owned = path.to_path_buf();
+    let spawned = std::thread::Builder::new()
+        .name("lockgate-load".to_owned())
+        .spawn(move || {
+            let _ = tx.send(Config::load(&owned));
+        });
+    if let Err(e) = spawned {
+        eprintln!("lockgate: cannot start a thread: {e}");
+        return Err(ExitCode::from(EXIT_RUNTIME));
+    }
+    match rx.recv_timeout(lockgate::config::LOAD_BOUND) {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => {
+            eprintln!("lockgate: config error: {e}");
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+        Err(_) => {
+            eprintln!(
+                "lockgate: storage not answering: reading {} and its locks folders took longer than {} ms (a hung shared mount?)",
+                path.display(),
+                lockgate::config::LOAD_BOUND.as_millis()
+            );
+            Err(ExitCode::from(EXIT_RUNTIME))
+        }
+    }
+}
+
 /// Builds a tokio runtime, or says why it cannot.
 fn runtime(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
     builder.enable_all().build().map_err(|e| {
@@ -140,6 +171,9 @@ fn run(config: Config) -> ExitCode {
         let reloads = reload_signal()?;
         lockgate::run_with_reload(config, shutdown, reloads).await
     });
+    // Everything has stopped in order; a blocking thread still stuck in the kernel (a read of
+    // a hung shared mount) must not hold the exit: do not join it.
+    runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

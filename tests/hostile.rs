@@ -716,3 +716,108 @@ async fn status_does_not_cost_the_ensemble() {
     }
     drop(zk);
 }
+
+/// Item 8. Storage that does not answer: the lock file is a FIFO nobody writes into, so every
+/// read of it blocks in the kernel, as on a frozen FUSE or NFS mount. `GET /status?fresh=1`
+/// answers within its bound ("storage not answering") and never has more than one read
+/// outstanding; `lockgate status` answers within its bound; SIGTERM still ends the process
+/// although a thread is stuck in the kernel (before: `status` never returned, and the daemon
+/// logged "stopped" but did not exit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_storage_is_reported_and_does_not_hold_the_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let locks = dir.path().join("locks");
+    std::fs::create_dir(&locks).unwrap();
+    let fifo = locks.join("stuck");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let up = Upstream::start().await;
+    let (admin, port, open_port) = (free_port(), free_port(), free_port());
+    let config = write_config(
+        dir.path(),
+        "node",
+        &format!(
+            r#"node-id = "node"
+shutdown-grace-ms = 500
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[[lock-coordinator]]
+name = "stuck-lock"
+type = "file"
+lock-id = "stuck"
+locks-folder = "{locks}"
+check-period = 500
+
+[[route]]
+name = "gated"
+listen = "127.0.0.1:{port}"
+forward-to = "{up}"
+lock-coordinator = "stuck-lock"
+
+[[route]]
+name = "open"
+listen = "127.0.0.1:{open_port}"
+forward-to = "{up}"
+"#,
+            locks = locks.display(),
+            up = up.addr
+        ),
+    );
+    let mut node = Node::start("node", &config, dir.path()).await;
+    let started = Instant::now();
+    let (code, body) = http(admin, "GET", "/status?fresh=1", &[]).await;
+    let took = started.elapsed();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("storage not answering"), "{body}");
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    let (threads, _) = node.threads_and_fds();
+    // Past the one-per-second window, the first read is still stuck: no second one starts.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for _ in 0..4 {
+        let started = Instant::now();
+        let (code, body) = http(admin, "GET", "/status?fresh=1", &[]).await;
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("still running"), "{body}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+    let (after, _) = node.threads_and_fds();
+    assert!(
+        after <= threads,
+        "threads {threads} -> {after}: reads piled up"
+    );
+    // The open route keeps serving meanwhile.
+    assert!(serves(open_port).await);
+
+    // `lockgate status` answers within its bound.
+    let started = Instant::now();
+    let out = tokio::time::timeout(
+        Duration::from_secs(10),
+        lockgate()
+            .args(["status", "--config"])
+            .arg(&config)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("lockgate status did not return within 10 s")
+    .unwrap();
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("lockgate status took {took:?}: {stdout}");
+    assert!(stdout.contains("storage not answering"), "{stdout}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+
+    // SIGTERM: the exit is not held by the thread stuck in the kernel.
+    let started = Instant::now();
+    node.signal(libc::SIGTERM);
+    let status = tokio::time::timeout(Duration::from_secs(5), node.child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("no exit within 5 s of SIGTERM\n{}", node.log_text()))
+        .unwrap();
+    eprintln!("exit {status:?} {:?} after SIGTERM", started.elapsed());
+    assert!(status.success(), "{status:?}");
+}
