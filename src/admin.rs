@@ -270,6 +270,28 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
+/// Percent-decodes one path segment (an invalid escape stays as it is).
+fn decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                let v = hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0);
+                out.push(u8::try_from(v).unwrap_or(b'?'));
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Whether a query has `key=1` (or `key=true`, or a bare `key`).
 fn query_flag(query: Option<&str>, key: &str) -> bool {
     query.is_some_and(|q| {
@@ -287,7 +309,10 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
-    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // Segments are percent-decoded after splitting: a lock name may hold any character
+    // (`lockgate step-down` encodes it).
+    let decoded: Vec<String> = path.trim_matches('/').split('/').map(decode).collect();
+    let parts: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
     let post = req.method() == Method::POST;
     let response = match parts.as_slice() {
@@ -530,6 +555,13 @@ async fn read_holder(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn segments_are_percent_decoded() {
+        assert_eq!(decode("a%20b%2Fc%25"), "a b/c%");
+        assert_eq!(decode("plain"), "plain");
+        assert_eq!(decode("bad%zz%2"), "bad%zz%2");
+    }
 
     #[test]
     fn token_comparison() {

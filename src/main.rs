@@ -114,10 +114,12 @@ fn main() -> ExitCode {
             if let Some(v) = drain_ms {
                 query.push(format!("drain-ms={v}"));
             }
-            let path = format!("/locks/{lock}/step-down?{}", query.join("&"));
+            let path = format!("/locks/{}/step-down?{}", encode(&lock), query.join("&"));
             admin_post(&config, &path)
         }
-        Command::Resume { lock, .. } => admin_post(&config, &format!("/locks/{lock}/resume")),
+        Command::Resume { lock, .. } => {
+            admin_post(&config, &format!("/locks/{}/resume", encode(&lock)))
+        }
     }
 }
 
@@ -151,6 +153,20 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
             Err(ExitCode::from(EXIT_RUNTIME))
         }
     }
+}
+
+/// Percent-encodes a lock name for one path segment: every byte but RFC 3986's unreserved
+/// ones, so a name with a space, `/`, `?`, `#` or `%` reaches the daemon intact.
+fn encode(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Builds a tokio runtime, or says why it cannot.

@@ -821,3 +821,69 @@ forward-to = "{up}"
     eprintln!("exit {status:?} {:?} after SIGTERM", started.elapsed());
     assert!(status.success(), "{status:?}");
 }
+
+/// Item 9. `lockgate step-down` and `resume` percent-encode the lock name, and the daemon
+/// decodes it: a lock named with a space, a slash, `#` and `%` can be stepped down (before:
+/// the request line was not even a valid URI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_reaches_a_lock_whatever_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let locks = dir.path().join("locks");
+    std::fs::create_dir(&locks).unwrap();
+    let up = Upstream::start().await;
+    let (admin, port) = (free_port(), free_port());
+    let name = "clients lock/#1%";
+    let config = write_config(
+        dir.path(),
+        "node",
+        &format!(
+            r#"node-id = "node"
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[[lock-coordinator]]
+name = "{name}"
+type = "file"
+lock-id = "odd"
+locks-folder = "{locks}"
+check-period = 500
+
+[[route]]
+name = "gated"
+listen = "127.0.0.1:{port}"
+forward-to = "{up}"
+lock-coordinator = "{name}"
+"#,
+            locks = locks.display(),
+            up = up.addr
+        ),
+    );
+    let mut node = Node::start("node", &config, dir.path()).await;
+    let active = format!("STATUS=lock {name}: active");
+    node.wait_note(|l| l.starts_with(&active)).await;
+    for (args, want) in [
+        (
+            vec!["step-down", "--hold-off-ms", "60000"],
+            "released: step_down",
+        ),
+        (vec!["resume"], "active"),
+    ] {
+        let out = lockgate()
+            .args(&args[..1])
+            .arg("--config")
+            .arg(&config)
+            .args(["--lock", name])
+            .args(&args[1..])
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let prefix = format!("STATUS=lock {name}: ");
+        node.wait_note(|l| l.starts_with(&prefix) && l.contains(want))
+            .await;
+    }
+}
