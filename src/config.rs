@@ -575,6 +575,50 @@ impl CoordinatorConfig {
         lines
     }
 
+    /// What names the lock itself changed between `self` and `new` (`lock-id`, the type,
+    /// `locks-folder`, `connect-string`, `namespace`), in words: a reload that changes it moves
+    /// this node to another lock while its peer may still hold the old one.
+    pub fn identity_changes(&self, new: &CoordinatorConfig) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.lock_id != new.lock_id {
+            out.push(format!(
+                "lock-id \"{}\" -> \"{}\"",
+                self.lock_id, new.lock_id
+            ));
+        }
+        match (&self.backend, &new.backend) {
+            (BackendConfig::File { locks_folder: a }, BackendConfig::File { locks_folder: b }) => {
+                if a != b {
+                    out.push(format!(
+                        "locks-folder \"{}\" -> \"{}\"",
+                        a.display(),
+                        b.display()
+                    ));
+                }
+            }
+            (BackendConfig::ZooKeeper(a), BackendConfig::ZooKeeper(b)) => {
+                if a.connect_string != b.connect_string {
+                    out.push(format!(
+                        "connect-string \"{}\" -> \"{}\"",
+                        a.connect_string, b.connect_string
+                    ));
+                }
+                if a.namespace != b.namespace {
+                    out.push(format!(
+                        "namespace \"{}\" -> \"{}\"",
+                        a.namespace, b.namespace
+                    ));
+                }
+            }
+            (a, b) => out.push(format!(
+                "type \"{}\" -> \"{}\"",
+                a.type_name(),
+                b.type_name()
+            )),
+        }
+        out
+    }
+
     /// Deadline of one lock-file operation: a hung mount fences after this long.
     pub fn io_timeout(&self) -> Duration {
         self.check_period

@@ -30,6 +30,7 @@ pub const UPSTREAM_CONNECT_SECONDS: &str = "lockgate_upstream_connect_seconds";
 pub const ACCEPT_ERRORS: &str = "lockgate_accept_errors_total";
 pub const CONFIG_RELOADS: &str = "lockgate_config_reloads_total";
 pub const CONFIG_RELOAD_ERRORS: &str = "lockgate_config_reload_errors_total";
+pub const LOCK_IDENTITY_CHANGES: &str = "lockgate_lock_identity_changes_total";
 pub const BUILD_INFO: &str = "lockgate_build_info";
 
 /// Installs the Prometheus recorder (once per process) and registers help text.
@@ -135,6 +136,10 @@ pub fn describe() {
     describe_counter!(
         CONFIG_RELOAD_ERRORS,
         "Configuration reloads refused (the old configuration keeps running)."
+    );
+    describe_counter!(
+        LOCK_IDENTITY_CHANGES,
+        "Reloads that changed what names a lock (lock-id, type, locks-folder, connect-string, namespace): until every node agrees, two nodes may each hold a lock of that name."
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label.");
 }

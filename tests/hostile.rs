@@ -887,3 +887,60 @@ lock-coordinator = "{name}"
             .await;
     }
 }
+
+/// Item 10. A reload that changes what names a lock (here `lock-id`, on the standby) moves the
+/// node to a lock its peer does not contend for: it takes it at once, and both nodes serve.
+/// That must be loud: a WARN naming the change, and `lockgate_lock_identity_changes_total`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changing_a_locks_identity_is_loud() {
+    let dir = tempfile::tempdir().unwrap();
+    let locks = dir.path().join("locks");
+    std::fs::create_dir(&locks).unwrap();
+    let up = [Upstream::start().await, Upstream::start().await];
+    let ports = [free_port(), free_port()];
+    let admin = free_port();
+    let spec = |i: usize, id| NodeSpec {
+        node_id: id,
+        locks: &locks,
+        client_port: ports[i],
+        upstream: up[i].addr,
+        check_period_ms: 500,
+        health: None,
+        extra: String::new(),
+        zookeeper: None,
+    };
+    let c0 = spec(0, "node0").write(dir.path());
+    let mut node0 = Node::start("node0", &c0, dir.path()).await;
+    node0.wait_active().await;
+    let c1 = with_admin(spec(1, "node1").write(dir.path()), admin, "");
+    let mut node1 = Node::start("node1", &c1, dir.path()).await;
+    node1.wait_standby("contending").await;
+    let text = std::fs::read_to_string(&c1).unwrap();
+    std::fs::write(
+        &c1,
+        text.replace(
+            "lock-id = \"mirror-cluster-clients\"",
+            "lock-id = \"renamed\"",
+        ),
+    )
+    .unwrap();
+    node1.signal(libc::SIGHUP);
+    // The hazard itself: node1 takes the renamed (free) lock while node0 holds the old one.
+    node1.wait_active().await;
+    let log = node1.log_text();
+    assert!(
+        log.contains("reload changes the identity of this lock")
+            && log.contains(r#"lock-id "mirror-cluster-clients" -> "renamed""#),
+        "{log}"
+    );
+    let m = scrape(admin).await;
+    assert_eq!(
+        value(
+            &m,
+            r#"lockgate_lock_identity_changes_total{lock="clients-lock"}"#
+        ),
+        1.0,
+        "{m}"
+    );
+    assert!(serves(ports[0]).await && serves(ports[1]).await);
+}
