@@ -253,6 +253,9 @@ fn prlimit_nofile(pid: i32, soft: u64, hard: u64) {
 /// local resource error that counts neither way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn descriptor_floods_do_not_move_the_lock() {
+    if !have("prlimit", "util-linux") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let locks = dir.path().join("locks");
     std::fs::create_dir(&locks).unwrap();
@@ -943,4 +946,203 @@ async fn a_reload_changing_a_locks_identity_is_loud() {
         "{m}"
     );
     assert!(serves(ports[0]).await && serves(ports[1]).await);
+}
+
+/// Whether `tool` runs here; without it a test is skipped with a note, except under CI.
+fn have(tool: &str, package: &str) -> bool {
+    let ok = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").is_err(),
+            "{tool} is missing (apt-get install -y {package}), and CI requires this test"
+        );
+        eprintln!("skipped: {tool} is missing (apt-get install -y {package})");
+    }
+    ok
+}
+
+/// Runs a command, panicking with its stderr if it fails.
+fn run(cmd: &str) {
+    let out = std::process::Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Two network namespaces joined by a veth pair: `a` (10.213.N.1) and `b` (10.213.N.2).
+/// Deleted on drop, whatever happened.
+struct Netns {
+    a: String,
+    b: String,
+    a_ip: String,
+    b_ip: String,
+}
+
+impl Netns {
+    fn create() -> Netns {
+        let id = std::process::id();
+        let n = id % 250 + 1;
+        let (a, b) = (format!("lgh{id}a"), format!("lgh{id}b"));
+        let ns = Netns {
+            a_ip: format!("10.213.{n}.1"),
+            b_ip: format!("10.213.{n}.2"),
+            a,
+            b,
+        };
+        run(&format!("ip netns add {}", ns.a));
+        run(&format!("ip netns add {}", ns.b));
+        run(&format!(
+            "ip -n {a} link add x type veth peer name y netns {b} && ip -n {a} addr add {ai}/24 dev x && ip -n {b} addr add {bi}/24 dev y && ip -n {a} link set x up && ip -n {b} link set y up && ip -n {a} link set lo up && ip -n {b} link set lo up",
+            a = ns.a,
+            b = ns.b,
+            ai = ns.a_ip,
+            bi = ns.b_ip
+        ));
+        ns
+    }
+
+    /// A fetch of an admin path from inside namespace `a`.
+    fn get_in_a(&self, port: u16, path: &str) -> String {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.a, "/usr/bin/python3", "-c"])
+            .arg(format!(
+                "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{port}{path}', timeout=5).read().decode())"
+            ))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .status();
+        }
+    }
+}
+
+/// Kills a child process (by its PID) on drop.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Item 6, the kernel's half: `tcp-user-timeout-ms` on the upstream leg. A client streams
+/// through lockgate to an upstream in another network namespace; the link to it is cut (the
+/// veth goes down: no FIN, no RST, bytes unacknowledged). With TCP_USER_TIMEOUT at 1 s the
+/// kernel gives up on the leg and lockgate resets the client, counted as peer_unresponsive,
+/// long before the inactivity timeouts (60 s) and the kernel's own retransmission limit
+/// (about 15 minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_link_to_the_upstream_is_found_by_tcp_user_timeout() {
+    if !have("ip", "iproute2") || !have("/usr/bin/python3", "python3") {
+        return;
+    }
+    let ns = Netns::create();
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, port, up_port) = (free_port(), free_port(), 9000);
+    let config = write_config(
+        dir.path(),
+        "node",
+        &format!(
+            r#"node-id = "node"
+shutdown-grace-ms = 200
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[[route]]
+name = "far"
+listen = "127.0.0.1:{port}"
+forward-to = "{ip}:{up_port}"
+client-timeout-ms = 60000
+server-timeout-ms = 60000
+tcp-user-timeout-ms = 1000
+"#,
+            ip = ns.b_ip
+        ),
+    );
+    // The upstream, in namespace b: reads and discards everything.
+    let _upstream = Reaped(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &ns.b, "/usr/bin/python3", "-c"])
+            .arg(format!(
+                "import socket\ns = socket.socket()\ns.bind(('{ip}', {up_port}))\ns.listen()\nc, _ = s.accept()\nwhile c.recv(65536): pass",
+                ip = ns.b_ip
+            ))
+            .spawn()
+            .unwrap(),
+    );
+    let log = dir.path().join("node.log");
+    let _node = Reaped(
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.a,
+                env!("CARGO_BIN_EXE_lockgate"),
+                "run",
+                "--config",
+            ])
+            .arg(&config)
+            .env("RUST_LOG", "lockgate=debug,info")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("lockgate started in its namespace", BOUND, async || {
+        log_text().contains("lockgate ready")
+    })
+    .await;
+    // The client, in namespace a: streams zeros through the route.
+    let mut client = Reaped(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &ns.a, "bash", "-c"])
+            .arg(format!(
+                "exec 3<>/dev/tcp/127.0.0.1/{port} && exec cat /dev/zero >&3"
+            ))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let series = r#"lockgate_forwarded_bytes_total{route="far",direction="to_upstream"}"#;
+    wait_until("bytes flowed to the far upstream", BOUND, async || {
+        value(&ns.get_in_a(admin, "/metrics"), series) > 1e6
+    })
+    .await;
+    run(&format!("ip -n {} link set y down", ns.b));
+    let cut = Instant::now();
+    wait_until(
+        "the client's connection was reset",
+        Duration::from_secs(10),
+        async || client.0.try_wait().unwrap().is_some(),
+    )
+    .await;
+    eprintln!("client reset {:?} after the link was cut", cut.elapsed());
+    let m = ns.get_in_a(admin, "/metrics");
+    assert_eq!(
+        value(
+            &m,
+            r#"lockgate_connections_timed_out_total{route="far",reason="peer_unresponsive"}"#
+        ),
+        1.0,
+        "{m}\n{}",
+        log_text()
+    );
 }
