@@ -1146,3 +1146,85 @@ tcp-user-timeout-ms = 1000
         log_text()
     );
 }
+
+/// Item 8, reload: the config file is a FIFO that answers once (at start) and then never, as
+/// a config on a hung mount would. A SIGHUP's reload is bounded and off the event loop: it is
+/// refused with "storage not answering" after its bound, a second one is refused at once
+/// while the first read is still stuck (no second stuck thread), the routes and the admin
+/// endpoint serve throughout, and SIGTERM still ends the process (before: the reload blocked
+/// the task that also waits for SIGTERM, so the process never stopped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_from_hung_storage_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let locks = dir.path().join("locks");
+    std::fs::create_dir(&locks).unwrap();
+    let up = Upstream::start().await;
+    let (admin, port) = (free_port(), free_port());
+    let real = with_admin(
+        NodeSpec {
+            node_id: "node",
+            locks: &locks,
+            client_port: port,
+            upstream: up.addr,
+            check_period_ms: 500,
+            health: None,
+            extra: String::new(),
+            zookeeper: None,
+        }
+        .write(dir.path()),
+        admin,
+        "",
+    );
+    let fifo = dir.path().join("fifo.toml");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    // One writer, for the start-up read only.
+    let _writer = Reaped(
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("cat '{}' > '{}'", real.display(), fifo.display()))
+            .spawn()
+            .unwrap(),
+    );
+    let mut node = Node::start("node", &fifo, dir.path()).await;
+    node.wait_active().await;
+    let (threads, _) = node.threads_and_fds();
+    let started = Instant::now();
+    node.signal(libc::SIGHUP);
+    node.wait_note(|l| l == "RELOADING=1").await;
+    // The event loop and the data path are not blocked by the stuck read.
+    assert_eq!(http(admin, "GET", "/healthz", &[]).await.0, 200);
+    assert!(serves(port).await);
+    wait_until(
+        "the reload was refused",
+        Duration::from_secs(10),
+        async || node.log_text().contains("storage not answering"),
+    )
+    .await;
+    eprintln!("reload refused {:?} after SIGHUP", started.elapsed());
+    node.signal(libc::SIGHUP);
+    wait_until(
+        "the second reload was refused at once",
+        Duration::from_secs(3),
+        async || node.log_text().contains("still waiting"),
+    )
+    .await;
+    let (after, _) = node.threads_and_fds();
+    assert!(after <= threads + 1, "threads {threads} -> {after}");
+    assert!(serves(port).await);
+    let started = Instant::now();
+    node.signal(libc::SIGTERM);
+    let status = node.wait_exit().await;
+    eprintln!("exit {status:?} {:?} after SIGTERM", started.elapsed());
+    assert!(status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+}
