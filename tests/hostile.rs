@@ -1228,3 +1228,62 @@ async fn a_reload_from_hung_storage_is_bounded() {
         started.elapsed()
     );
 }
+
+/// Item 4, the reserve on its own: with the admin cap out of the way (`max-connections =
+/// 1024`), a holder limited to 64 descriptors still keeps a quarter of them from the admin
+/// endpoint, so 200 idle admin connections leave the gated route serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_endpoint_leaves_a_descriptor_reserve() {
+    if !have("prlimit", "util-linux") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let locks = dir.path().join("locks");
+    std::fs::create_dir(&locks).unwrap();
+    let up = Upstream::start().await;
+    let (admin, port) = (free_port(), free_port());
+    let config = with_admin(
+        NodeSpec {
+            node_id: "node",
+            locks: &locks,
+            client_port: port,
+            upstream: up.addr,
+            check_period_ms: 1000,
+            health: Some((100, 1, 2)),
+            extra: String::new(),
+            zookeeper: None,
+        }
+        .write(dir.path()),
+        admin,
+        "max-connections = 1024\n",
+    );
+    let mut node = Node::start("node", &config, dir.path()).await;
+    node.wait_active().await;
+    wait_serving(port).await;
+    prlimit_nofile(node.pid, 64, 64);
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        if let Ok(s) = tokio::net::TcpStream::connect(("127.0.0.1", admin)).await {
+            idle.push(s);
+        }
+    }
+    let mark = node.seen.len();
+    node.collect_for(Duration::from_millis(1000)).await;
+    let (_, fds) = node.threads_and_fds();
+    eprintln!("200 admin connections offered, no cap: {fds} descriptors open of 64");
+    assert!(
+        fds <= 64 - 16 + 2,
+        "the admin endpoint ate into the reserve: {fds}"
+    );
+    assert!(serves(port).await, "the gated route stopped serving");
+    assert!(!node.seen[mark..].iter().any(|l| l.contains("standby")));
+    drop(idle);
+    let m = wait_scrape(admin).await;
+    assert!(
+        value(
+            &m,
+            r#"lockgate_admin_connections_refused_total{reason="fd_reserve"}"#
+        ) >= 100.0,
+        "{m}"
+    );
+}
