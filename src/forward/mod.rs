@@ -674,6 +674,52 @@ mod tests {
         );
     }
 
+    /// A server that stops reading is blamed, not the client whose bytes wait for it.
+    #[tokio::test]
+    async fn a_server_that_does_not_read_is_blamed() {
+        for zero_copy in [false, true] {
+            let (mut client, proxy_down) = pair().await;
+            let (proxy_up, _server) = pair().await;
+            socket2::SockRef::from(&proxy_up)
+                .set_send_buffer_size(16 * 1024)
+                .unwrap();
+            let settings = Settings {
+                half_close_timeout: Duration::from_secs(30),
+                zero_copy,
+                idle: Idle::Legs {
+                    client_ms: 100,
+                    server_ms: 300,
+                },
+            };
+            let c = counters();
+            let lease = Lease::unlimited();
+            let fwd = forward(&proxy_down, &proxy_up, settings, &c, &lease);
+            let flood = async {
+                let chunk = vec![1u8; 1 << 16];
+                loop {
+                    if client.write_all(&chunk).await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            };
+            let r = tokio::select! {
+                r = fwd => r,
+                _ = flood => unreachable!(),
+            };
+            // The client's timeout is the shorter one, yet the server is blamed.
+            assert!(
+                matches!(
+                    r,
+                    Err(ForwardError::Inactive {
+                        which: Inactivity::Server,
+                        ..
+                    })
+                ),
+                "{r:?}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn half_close_is_bounded() {
         let (mut client, proxy_down) = pair().await;
