@@ -164,7 +164,12 @@ impl App {
                 .await
                 .map_err(|e| anyhow::anyhow!(listener::explain(&e)))
                 .with_context(|| format!("admin endpoint: cannot listen on {}", a.listen))?;
-            tokio::spawn(admin::serve(l, admin.clone(), admin_stop.clone()));
+            tokio::spawn(admin::serve(
+                l,
+                admin.clone(),
+                admin_stop.clone(),
+                a.max_connections,
+            ));
         }
         let mut app = App {
             config: config.clone(),
@@ -277,7 +282,8 @@ impl App {
     async fn reload(&mut self) {
         systemd::reloading();
         info!(config = %self.config.source.display(), "reloading the configuration");
-        let new = match Config::load(&self.config.source) {
+        // Off the runtime and bounded: the load checks the locks folder, which may hang.
+        let new = match Config::load_bounded(&self.config.source, crate::config::LOAD_BOUND).await {
             Ok(c) => c,
             Err(e) => {
                 metrics::counter!(m::CONFIG_RELOAD_ERRORS).increment(1);
@@ -290,6 +296,7 @@ impl App {
         if new.admin != self.config.admin {
             warn!("changes to [admin] take effect at the next restart");
         }
+        self.warn_identity_changes(&new);
         // Stop what went or changed, coordinators first (their gates close and their locks go
         // before anything else may bind their ports).
         let stale: Vec<String> = self
@@ -347,6 +354,30 @@ impl App {
         info!("configuration reloaded");
         systemd::status("configuration reloaded");
         systemd::ready();
+    }
+
+    /// A reload that changes what names a lock is an operator hazard: this node moves to a
+    /// lock its peer does not contend for, so both may serve until every node agrees. Loud:
+    /// a warning per lock and `lockgate_lock_identity_changes_total`.
+    fn warn_identity_changes(&self, new: &Config) {
+        for (name, e) in &self.coordinators {
+            let Some(c) = new.coordinator(name) else {
+                continue;
+            };
+            let changes = e.cfg.identity_changes(c);
+            if changes.is_empty() {
+                continue;
+            }
+            let held = self
+                .admin
+                .locks
+                .read()
+                .ok()
+                .and_then(|l| l.get(name).map(|l| l.state.borrow().held))
+                .unwrap_or(false);
+            metrics::counter!(m::LOCK_IDENTITY_CHANGES, "lock" => name.clone()).increment(1);
+            warn!(lock = %name, held, changes = %changes.join(", "), "reload changes the identity of this lock: this node now contends for another lock than its peer, so both may serve until every node runs the same identity; change it with the lock released on every node (see the README, \"Changing a lock's identity\")");
+        }
     }
 
     /// Fences and releases every lock, then drains open routes until `deadline`.

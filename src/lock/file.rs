@@ -6,6 +6,15 @@
 //! withdrawing (health fell, hold-off, shutdown) leaves a blocked thread in place to be reused,
 //! and a lock that arrives while nobody wants it is released at once.
 //!
+//! A blocked `flock` cannot be interrupted without a signal handler (unsafe code, which this
+//! crate forbids), so a `FileLock` that is stopped or dropped while its waiter is blocked
+//! (a reload re-creating a standby's coordinator, a shutdown) does not leave that thread and
+//! its descriptor behind for good: it withdraws, and parks the waiter in a process-wide table
+//! keyed by the lock file's path. The next `FileLock` on that path adopts it instead of
+//! starting another, so however many reloads re-create a coordinator, one waiter per path
+//! exists; a parked waiter that nobody adopts (the path left the config) ends the moment the
+//! lock frees, releasing it at once as unwanted.
+//!
 //! Unlike Artemis, loss is detected: each check confirms that the path still names the file
 //! we locked (same dev+inode) and that I/O on it completes within a deadline, on a blocking
 //! thread, so a hung shared mount fences instead of hanging the coordinator.
@@ -67,6 +76,19 @@ impl Handoff {
     }
 }
 
+impl Drop for FileLock {
+    /// Stops wanting the lock (one that already arrived is released now, one that arrives later
+    /// by the waiter itself), closes a held lock's file (which frees the flock), and parks a
+    /// still-blocked waiter for the next `FileLock` on this path.
+    fn drop(&mut self) {
+        self.withdraw();
+        self.held = None;
+        if self.handoff.lock().waiting {
+            parked().push((self.path.clone(), self.handoff.clone()));
+        }
+    }
+}
+
 /// The open, locked file and the identity it had when locked.
 struct Held {
     /// Shared with at most one blocking check at a time; the flock goes when the last
@@ -77,13 +99,30 @@ struct Held {
     term: u64,
 }
 
+/// Waiters of dropped `FileLock`s still blocked on their lock, by path, waiting to be adopted.
+static PARKED: Mutex<Vec<(PathBuf, Arc<Handoff>)>> = Mutex::new(Vec::new());
+
+fn parked() -> MutexGuard<'static, Vec<(PathBuf, Arc<Handoff>)>> {
+    PARKED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl FileLock {
     pub fn new(folder: &Path, lock_id: &str, io_timeout: Duration) -> FileLock {
+        let path = folder.join(lock_id);
+        let handoff = {
+            let mut table = parked();
+            // Waiters that ended since they were parked are gone for good.
+            table.retain(|(_, h)| h.lock().waiting);
+            match table.iter().position(|(p, _)| *p == path) {
+                Some(i) => table.swap_remove(i).1,
+                None => Arc::default(),
+            }
+        };
         FileLock {
-            path: folder.join(lock_id),
+            path,
             io_timeout,
             held: None,
-            handoff: Arc::default(),
+            handoff,
         }
     }
 
@@ -472,6 +511,42 @@ mod tests {
         // take it again.
         assert_eq!(take(&mut a, "a").await, 2);
         a.release(&crate::gate::Closed::initially()).await;
+        let mut c = FileLock::new(dir.path(), "l", t);
+        assert_eq!(take(&mut c, "c").await, 3);
+    }
+
+    /// A standby's `FileLock` re-created many times (as a reload does) reuses one waiter
+    /// thread; the lock still arrives to the last one, and a dropped one never takes it.
+    #[tokio::test]
+    async fn a_dropped_standby_hands_its_waiter_to_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Duration::from_secs(5);
+        let mut a = FileLock::new(dir.path(), "l", t);
+        take(&mut a, "a").await;
+        let first = {
+            let mut b = FileLock::new(dir.path(), "l", t);
+            b.contend("b", 0);
+            Arc::as_ptr(&b.handoff)
+        };
+        for _ in 0..50 {
+            let mut b = FileLock::new(dir.path(), "l", t);
+            assert_eq!(
+                Arc::as_ptr(&b.handoff),
+                first,
+                "a second waiter was started"
+            );
+            b.contend("b", 0);
+        }
+        let mut b = FileLock::new(dir.path(), "l", t);
+        b.contend("b", 0);
+        a.release(&crate::gate::Closed::initially()).await;
+        let term = tokio::time::timeout(Duration::from_secs(10), b.acquired())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(term, 2);
+        // Dropping the holder frees the lock.
+        drop(b);
         let mut c = FileLock::new(dir.path(), "l", t);
         assert_eq!(take(&mut c, "c").await, 3);
     }

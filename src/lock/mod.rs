@@ -241,7 +241,10 @@ pub async fn observe(cfg: &CoordinatorConfig) -> Result<(Observed, Vec<OwnerReco
             let path = locks_folder.join(&cfg.lock_id);
             let observed = tokio::task::spawn_blocking(move || file::observe(&path))
                 .await
-                .map_err(|e| LockError::ZooKeeper(e.to_string()))??;
+                .map_err(|e| LockError::Io {
+                    path: cfg.lock_id.clone(),
+                    source: std::io::Error::other(format!("the read of the lock file failed: {e}")),
+                })??;
             Ok((observed, Vec::new()))
         }
         BackendConfig::ZooKeeper(z) => zookeeper::observe(z, &cfg.lock_id).await,

@@ -38,7 +38,10 @@ struct Bound {
 
 impl Bound {
     fn bind(route: &Arc<RouteRuntime>, lease: Lease) -> std::io::Result<Bound> {
-        let listener = Arc::new(listener::bind(route.cfg.listen)?);
+        let listener = Arc::new(listener::bind(
+            route.cfg.listen,
+            route.cfg.tcp_user_timeout,
+        )?);
         let stop_accepting = CancellationToken::new();
         let kill = CancellationToken::new();
         let conns = TaskTracker::new();
