@@ -508,6 +508,10 @@ pub struct SamplerReport {
     pub a_served: u32,
     pub b_served: u32,
     pub both: u32,
+    /// When A last served (its second probe of a sample), and when B first served: one clock,
+    /// so "A stopped before B started" is a comparison of two instants of the same sampler.
+    pub a_last: Option<std::time::Instant>,
+    pub b_first: Option<std::time::Instant>,
 }
 
 impl Sampler {
@@ -532,8 +536,16 @@ impl Sampler {
             while !s.load(Ordering::Relaxed) && tx.borrow().samples < 100_000 {
                 let a1 = probe.serves(a).await;
                 let b1 = probe.serves(b).await;
+                let b_at = std::time::Instant::now();
                 let a2 = probe.serves(a).await;
+                let a_at = std::time::Instant::now();
                 tx.send_modify(|r| {
+                    if a1 || a2 {
+                        r.a_last = Some(a_at);
+                    }
+                    if b1 && r.b_first.is_none() {
+                        r.b_first = Some(b_at);
+                    }
                     r.samples += 1;
                     r.a_served += u32::from(a1 && a2);
                     r.b_served += u32::from(b1);
