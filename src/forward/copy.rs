@@ -8,7 +8,8 @@ use std::io;
 
 use tokio::net::TcpStream;
 
-use super::{Direction, ForwardError, Moved, readable, writable};
+use super::{Direction, ForwardError, Moved, Side, readable, writable};
+use crate::lease::Lease;
 
 /// Size of the buffer of a direction while it is moving bytes.
 pub const BUFFER_BYTES: usize = 64 * 1024;
@@ -50,36 +51,54 @@ pub(super) async fn pump(d: &Direction<'_>, pending: Vec<u8>) -> Result<Moved, F
     }
 }
 
-/// Writes all of `bytes` to the direction's destination and counts them.
+/// Writes all of `bytes` to the direction's destination and counts them. The lease is checked
+/// right before every write call, after each wait for room too: a holder frozen while its
+/// destination was full writes nothing more when it wakes past its lease.
 pub(super) async fn write_out(d: &Direction<'_>, bytes: &[u8]) -> Result<(), ForwardError> {
-    if !d.lease.is_valid() {
-        return Err(ForwardError::LeaseExpired);
-    }
     let mut at = 0;
     while at < bytes.len() {
+        if !d.lease.is_valid() {
+            return Err(ForwardError::LeaseExpired);
+        }
         match d.to.try_write(&bytes[at..]) {
             Ok(0) => {
                 return Err(ForwardError::io(d.to_side)(io::ErrorKind::WriteZero.into()));
             }
-            Ok(n) => at += n,
+            Ok(n) => {
+                at += n;
+                d.counter.increment(n as u64);
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 writable(d.to).await.map_err(ForwardError::io(d.to_side))?
             }
             Err(e) => return Err(ForwardError::io(d.to_side)(e)),
         }
     }
-    d.counter.increment(bytes.len() as u64);
     Ok(())
 }
 
-/// Writes every byte of `bytes`, waiting for room as needed.
-pub async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+/// Writes every byte of `bytes`, waiting for room as needed, each write only while `lease`
+/// is valid.
+pub async fn write_all(
+    to: &TcpStream,
+    mut bytes: &[u8],
+    lease: &Lease,
+) -> Result<(), ForwardError> {
     while !bytes.is_empty() {
+        if !lease.is_valid() {
+            return Err(ForwardError::LeaseExpired);
+        }
         match to.try_write(bytes) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(0) => {
+                return Err(ForwardError::io(Side::Upstream)(
+                    io::ErrorKind::WriteZero.into(),
+                ));
+            }
             Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable(to).await?,
-            Err(e) => return Err(e),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable(to)
+                .await
+                .map_err(ForwardError::io(Side::Upstream))?,
+            Err(e) => return Err(ForwardError::io(Side::Upstream)(e)),
         }
     }
     Ok(())

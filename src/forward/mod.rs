@@ -320,6 +320,87 @@ mod tests {
         assert!(spliced >= 250_000, "{spliced}");
     }
 
+    /// A direction blocked mid-write (the destination does not read) whose lease runs out
+    /// writes nothing more when room appears: the lease is checked before every write call,
+    /// not once per buffer or pipe.
+    async fn nothing_written_after_the_lease_ends(zero_copy: bool) {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicU64;
+        let (mut client, proxy_down) = pair().await;
+        let (proxy_up, mut server) = pair().await;
+        // Small buffers toward the server: the forwarder blocks a few KiB into its first bulk
+        // cycle (a pipe of up to 1 MiB on the splice path, a 64 KiB buffer on the copy path).
+        socket2::SockRef::from(&proxy_up)
+            .set_send_buffer_size(16 * 1024)
+            .unwrap();
+        socket2::SockRef::from(&server)
+            .set_recv_buffer_size(16 * 1024)
+            .unwrap();
+        let written = Arc::new(AtomicU64::new(0));
+        let c = Counters {
+            to_upstream: Counter::from_arc(written.clone()),
+            to_downstream: Counter::noop(),
+        };
+        let settings = Settings {
+            half_close_timeout: Duration::from_secs(30),
+            zero_copy,
+        };
+        let lease = Lease::revoked();
+        lease.set_for(crate::lease::now_ns(), Duration::from_secs(3600));
+        let l2 = lease.clone();
+        let fwd =
+            tokio::spawn(async move { forward(&proxy_down, &proxy_up, settings, &c, &l2).await });
+        // The client offers far more than the socket buffers hold; the server reads nothing.
+        let sender = tokio::spawn(async move {
+            let chunk = vec![7u8; 1 << 20];
+            for _ in 0..64 {
+                if client.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+        });
+        // Wait until the forwarder is stuck waiting for room (its count stops moving while
+        // the client still has bytes to give). One thread: nothing runs between our checks.
+        let mut last = 0;
+        let mut still = 0;
+        for _ in 0..1_000_000 {
+            tokio::task::yield_now().await;
+            let now = written.load(Ordering::Relaxed);
+            if now > 0 && now == last {
+                still += 1;
+                if still >= 500 {
+                    break;
+                }
+            } else {
+                still = 0;
+            }
+            last = now;
+        }
+        assert!(still >= 500 && last > 0, "the forwarder never blocked");
+        lease.revoke();
+        let at_revoke = written.load(Ordering::Relaxed);
+        // Room appears: the server reads everything it will ever get.
+        let mut got = Vec::new();
+        let _ = server.read_to_end(&mut got).await;
+        let r = fwd.await.unwrap();
+        sender.abort();
+        assert!(matches!(r, Err(ForwardError::LeaseExpired)), "{r:?}");
+        let after = written.load(Ordering::Relaxed);
+        assert_eq!(after, at_revoke, "bytes written after the lease ended");
+        assert_eq!(got.len() as u64, at_revoke);
+    }
+
+    #[tokio::test]
+    async fn copy_path_writes_nothing_after_the_lease_ends() {
+        nothing_written_after_the_lease_ends(false).await;
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn splice_path_writes_nothing_after_the_lease_ends() {
+        nothing_written_after_the_lease_ends(true).await;
+    }
+
     #[tokio::test]
     async fn half_close_is_bounded() {
         let (mut client, proxy_down) = pair().await;

@@ -177,16 +177,17 @@ pub(super) async fn pump(d: &Direction<'_>) -> Result<Outcome, ForwardError> {
             Err(e) => return Err(ForwardError::io(d.from_side)(e)),
         };
         bulk = n >= BULK_BYTES;
-        // Drain: the pipe holds `left` bytes; all of them go out before the next fill, and
-        // only while the lease holds.
-        if !d.lease.is_valid() {
-            // Not pooled again: it still holds the bytes.
-            drop(pipe);
-            return Err(ForwardError::LeaseExpired);
-        }
+        // Drain: the pipe holds `left` bytes; all of them go out before the next fill, each
+        // splice only while the lease holds (checked after every wait for room: a holder
+        // frozen while its destination was full moves nothing more when it wakes).
         let mut left = n;
         while left > 0 {
             writable(d.to).await.map_err(ForwardError::io(d.to_side))?;
+            if !d.lease.is_valid() {
+                // Not pooled again: it still holds the bytes.
+                drop(pipe);
+                return Err(ForwardError::LeaseExpired);
+            }
             let drained = d.to.try_io(Interest::WRITABLE, || {
                 rustix::pipe::splice(&pipe.read, None, d.to, None, left, FLAGS)
                     .map_err(io::Error::from)

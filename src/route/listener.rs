@@ -256,7 +256,7 @@ async fn proxy_then_forward(
 ) -> Result<forward::Totals, forward::ForwardError> {
     if route.cfg.proxy_protocol == ProxyProtocol::V2 {
         // Boxed: only routes with a header carry its state, and only while it is written.
-        Box::pin(send_proxy_v2(downstream, upstream, peer)).await?;
+        Box::pin(send_proxy_v2(downstream, upstream, peer, lease)).await?;
     }
     forward::forward(downstream, upstream, settings, &route.counters, lease).await
 }
@@ -266,6 +266,7 @@ async fn send_proxy_v2(
     downstream: &TcpStream,
     upstream: &TcpStream,
     peer: SocketAddr,
+    lease: &Lease,
 ) -> Result<(), forward::ForwardError> {
     let local = downstream
         .local_addr()
@@ -274,12 +275,7 @@ async fn send_proxy_v2(
             source,
         })?;
     let header = forward::proxy_protocol::v2_header(peer, local);
-    forward::copy::write_all(upstream, &header)
-        .await
-        .map_err(|source| forward::ForwardError::Io {
-            side: forward::Side::Upstream,
-            source,
-        })
+    forward::copy::write_all(upstream, &header, lease).await
 }
 
 async fn serve(
