@@ -266,20 +266,22 @@ enum Stop {
     ReloadRestart,
 }
 
-/// Connections the holder carries on its second gated route when it lets go.
+/// Connections the holder carries on its other gated routes when it lets go, spread over
+/// this many routes.
 const BULK_CONNECTIONS: usize = 2000;
+const BULK_ROUTES: usize = 4;
 
 /// Issue 15, bug 3. On SIGTERM and on a reload that restarts the coordinator, the holder's
 /// gated listeners must close before its ZooKeeper node goes: the peer's watch fires within
 /// milliseconds of the delete, so a holder that deletes first may still accept when the peer
 /// opens.
 ///
-/// The pair gates two routes, "clients" (first in config order, so closed last) and "bulk",
-/// which carries 2,000 live connections when the holder lets go: closing the gate takes as
-/// long as resetting them (tens of ms on two cores), the window in which a holder that gave
-/// its node up first still accepts on "clients". With one idle route the gate closes in
-/// microseconds and no order can be seen. A connect-only sampler probes both "clients" ports
-/// every ~1 ms.
+/// The pair gates five routes: "clients" (first in config order, so closed last) and four
+/// "bulk" routes carrying 2,000 live connections between them when the holder lets go:
+/// closing the gate takes as long as resetting them, route by route (tens of ms on two
+/// cores), the window in which a holder that gave its node up first still accepts on
+/// "clients". With one idle route the gate closes in microseconds and no order can be seen.
+/// A connect-only sampler probes both "clients" ports every ~1 ms.
 async fn peer_never_accepts_while_the_holder_still_does(stop: Stop) {
     let _one = ONE_AT_A_TIME.lock().await;
     if !zk::available() {
@@ -310,12 +312,22 @@ async fn peer_never_accepts_while_the_holder_still_does(stop: Stop) {
     let dir = tempfile::tempdir().unwrap();
     let up = [Upstream::start().await, Upstream::start().await];
     let clients = [free_port(), free_port()];
-    let bulk = [free_port(), free_port()];
+    // Per node, BULK_ROUTES ports.
+    let bulk: [Vec<u16>; 2] = [
+        (0..BULK_ROUTES).map(|_| free_port()).collect(),
+        (0..BULK_ROUTES).map(|_| free_port()).collect(),
+    ];
     let bulk_route = |i: usize| {
-        format!(
-            "\n[[route]]\nname = \"bulk\"\nlisten = \"127.0.0.1:{}\"\nforward-to = \"{}\"\nlock-coordinator = \"clients-lock\"\nzero-copy = false\n",
-            bulk[i], up[i].addr
-        )
+        bulk[i]
+            .iter()
+            .enumerate()
+            .map(|(k, port)| {
+                format!(
+                    "\n[[route]]\nname = \"bulk{k}\"\nlisten = \"127.0.0.1:{port}\"\nforward-to = \"{}\"\nlock-coordinator = \"clients-lock\"\nzero-copy = false\n",
+                    up[i].addr
+                )
+            })
+            .collect::<String>()
     };
     let cfg = |i: usize, id: &str| {
         node_config(
@@ -337,7 +349,8 @@ async fn peer_never_accepts_while_the_holder_still_does(stop: Stop) {
     // The holder's load on its second route: live connections, each checked end to end.
     let mut held = Vec::new();
     for _ in 0..BULK_CONNECTIONS {
-        let mut s = try_connect(bulk[0], BOUND).await.expect("bulk connect");
+        let port = bulk[0][held.len() % BULK_ROUTES];
+        let mut s = try_connect(port, BOUND).await.expect("bulk connect");
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         s.write_all(b"hello\n").await.unwrap();
         let mut buf = [0u8; 6];
