@@ -6,8 +6,14 @@
 //! - `GET /ready` — 200 when this node is active for every lock it has, else 503 (a load
 //!   balancer's or Kubernetes' probe, like Patroni's `/primary`).
 //! - `GET /ready/<lock>` — the same for one lock; 404 for an unknown lock.
-//! - `GET /status` — JSON: each lock (held, term, state, since, recent transitions, the holder
-//!   per the owner record) and each route (listening, active connections).
+//! - `GET /status` — JSON: each lock as its coordinator sees it (held, term, state, since,
+//!   recent transitions; the holder is this node while it holds the lock) and each route
+//!   (listening, active connections). It touches neither the locks folder nor ZooKeeper.
+//! - `GET /status?fresh=1` — also reads each lock's holder from the backend (the owner record
+//!   in the lock file, or ZooKeeper's queue: a session on the ensemble), as `observed`. Such a
+//!   read runs at most once per second per lock (others get the last result, with its age),
+//!   never more than one at a time per lock, within a 2 s bound; from beyond loopback it needs
+//!   the bearer token, as it costs the lock service.
 //! - `POST /locks/<lock>/step-down?hold-off-ms=N&drain-ms=M` — planned switchover: close the
 //!   gated routes, let connections finish for up to `drain-ms` (default 0), reset the rest,
 //!   release the lock, and do not contend for `hold-off-ms` (default 3 × check-period).
@@ -18,6 +24,12 @@
 //! without). Unknown paths get 404, a wrong method 405, a malformed or oversized request
 //! (header block over 16 KiB) is refused by hyper; request bodies are never read. None of it
 //! touches the data path.
+//!
+//! The endpoint cannot starve the node of descriptors: it serves at most `[admin]
+//! max-connections` connections at once (default 16) and closes more as they arrive, and it
+//! closes any connection whose descriptor falls within a reserve of the process's
+//! `RLIMIT_NOFILE` (a quarter of it, at most 256), which is kept for the data path and the
+//! health probe. Both are counted in `lockgate_admin_connections_refused_total{reason}`.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -49,7 +61,24 @@ pub struct State {
     pub node_id: RwLock<String>,
     pub locks: RwLock<BTreeMap<String, LockEntry>>,
     pub routes: RwLock<BTreeMap<String, Arc<RouteRuntime>>>,
+    /// Per lock: the last fresh read of its holder.
+    fresh: std::sync::Mutex<BTreeMap<String, Fresh>>,
 }
+
+/// The last fresh read of one lock's holder, and whether one is running.
+#[derive(Default)]
+struct Fresh {
+    at: Option<std::time::Instant>,
+    value: serde_json::Value,
+    /// Set while a read is outstanding; cleared by the read itself, even one that outlived its
+    /// deadline on a blocking thread (a hung mount), so no second one piles up behind it.
+    in_flight: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// How often a lock's holder may be read from its backend.
+const FRESH_EVERY: Duration = Duration::from_secs(1);
+/// The bound on one fresh read.
+const FRESH_BOUND: Duration = Duration::from_secs(2);
 
 /// One running coordinator.
 #[derive(Clone)]
@@ -57,6 +86,23 @@ pub struct LockEntry {
     pub cfg: CoordinatorConfig,
     pub state: watch::Receiver<LockState>,
     pub commands: mpsc::Sender<Command>,
+}
+
+impl LockEntry {
+    /// Active: the coordinator holds the lock and its task is alive (a task that ended drops
+    /// the sender, whatever its last word was).
+    pub fn active(&self) -> bool {
+        self.state.has_changed().is_ok() && self.state.borrow().held
+    }
+
+    /// What `/ready/<lock>` says when not active.
+    fn standby_text(&self) -> String {
+        if self.state.has_changed().is_err() {
+            "the lock coordinator has ended".to_owned()
+        } else {
+            self.state.borrow().state.clone()
+        }
+    }
 }
 
 impl State {
@@ -67,6 +113,7 @@ impl State {
             node_id: RwLock::new(node_id.to_owned()),
             locks: RwLock::default(),
             routes: RwLock::default(),
+            fresh: std::sync::Mutex::default(),
         }
     }
 
@@ -79,11 +126,42 @@ impl State {
     }
 }
 
-/// Serves until `stop`.
-pub async fn serve(listener: TcpListener, state: Arc<State>, stop: CancellationToken) {
-    if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "admin endpoint listening");
+/// Descriptors the admin endpoint leaves to the data path and the health probe: a quarter of
+/// the limit, at most 256.
+fn fd_reserve(limit: u64) -> u64 {
+    (limit / 4).min(256)
+}
+
+/// Whether an accepted admin connection's descriptor lies in the reserve. Linux hands out the
+/// lowest free descriptor, so descriptor N means at least N + 1 are open.
+fn in_fd_reserve(stream: &tokio::net::TcpStream) -> bool {
+    use std::os::fd::AsRawFd as _;
+    let fd = u64::try_from(stream.as_raw_fd()).unwrap_or(0);
+    match rustix::process::getrlimit(rustix::process::Resource::Nofile).current {
+        Some(limit) => fd.saturating_add(fd_reserve(limit)) >= limit,
+        None => false,
     }
+}
+
+/// Closes a refused admin connection at once (RST: no FIN_WAIT state kept for it).
+fn refuse(stream: tokio::net::TcpStream, reason: &'static str) {
+    metrics::counter!(crate::metrics::ADMIN_CONNECTIONS_REFUSED, "reason" => reason).increment(1);
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+/// Serves until `stop`, at most `max_connections` connections at once.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<State>,
+    stop: CancellationToken,
+    max_connections: u32,
+) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, max_connections, "admin endpoint listening");
+    }
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections as usize));
+    let mut refused_logged: Option<std::time::Instant> = None;
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
@@ -97,10 +175,30 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, stop: CancellationT
                 continue;
             }
         };
+        let reason = if in_fd_reserve(&stream) {
+            Some("fd_reserve")
+        } else {
+            None
+        };
+        let permit = match reason {
+            Some(_) => None,
+            None => permits.clone().try_acquire_owned().ok(),
+        };
+        let Some(permit) = permit else {
+            let reason = reason.unwrap_or("limit");
+            // One line per second at most: a flood must not become a log flood.
+            if refused_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                warn!(%peer, reason, max_connections, "admin connection refused (see lockgate_admin_connections_refused_total)");
+                refused_logged = Some(std::time::Instant::now());
+            }
+            refuse(stream, reason);
+            continue;
+        };
         let state = state.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |req| handle(state.clone(), peer, req));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(5))
@@ -143,28 +241,95 @@ fn method_not_allowed(allow: &str) -> Response<Full<Bytes>> {
     r
 }
 
+/// Upper bound of `hold-off-ms` and `drain-ms`: one day.
+pub const MAX_COMMAND_MS: u64 = 86_400_000;
+
 fn query_ms(query: Option<&str>, key: &str) -> Result<Option<Duration>, String> {
     let Some(q) = query else { return Ok(None) };
     for pair in q.split('&') {
         if let Some((k, v)) = pair.split_once('=')
             && k == key
         {
-            return v
-                .parse::<u64>()
-                .map(|n| Some(Duration::from_millis(n)))
-                .map_err(|_| format!("{key} must be a whole number of milliseconds"));
+            return match v.parse::<u64>() {
+                Ok(n) if n <= MAX_COMMAND_MS => Ok(Some(Duration::from_millis(n))),
+                _ => Err(format!(
+                    "{key} must be a whole number of milliseconds from 0 to {MAX_COMMAND_MS} (one day)"
+                )),
+            };
         }
     }
     Ok(None)
 }
 
+/// Whether the request carries the configured bearer token (true when none is configured).
+/// Compared in constant time.
+fn authorized(state: &State, req: &Request<Incoming>) -> bool {
+    let Some(token) = &state.token else {
+        return true;
+    };
+    let given = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()))
+}
+
+/// Equality whose time depends only on the lengths, not on where the bytes differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = u8::from(a.len() != b.len());
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0xff);
+        diff |= x ^ y;
+    }
+    // Lengths differ, or some byte did.
+    std::hint::black_box(diff) == 0
+}
+
+/// Percent-decodes one path segment (an invalid escape stays as it is).
+fn decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                let v = hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0);
+                out.push(u8::try_from(v).unwrap_or(b'?'));
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether a query has `key=1` (or `key=true`, or a bare `key`).
+fn query_flag(query: Option<&str>, key: &str) -> bool {
+    query.is_some_and(|q| {
+        q.split('&').any(|pair| match pair.split_once('=') {
+            Some((k, v)) => k == key && (v == "1" || v == "true"),
+            None => pair == key,
+        })
+    })
+}
+
 async fn handle(
     state: Arc<State>,
+    peer: std::net::SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
-    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // Segments are percent-decoded after splitting: a lock name may hold any character
+    // (`lockgate step-down` encodes it).
+    let decoded: Vec<String> = path.trim_matches('/').split('/').map(decode).collect();
+    let parts: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let get = req.method() == Method::GET || req.method() == Method::HEAD;
     let post = req.method() == Method::POST;
     let response = match parts.as_slice() {
@@ -187,7 +352,7 @@ async fn handle(
             let locks = state.locks();
             let standby: Vec<&String> = locks
                 .iter()
-                .filter(|(_, l)| !l.state.borrow().held)
+                .filter(|(_, l)| !l.active())
                 .map(|(n, _)| n)
                 .collect();
             if standby.is_empty() {
@@ -207,24 +372,26 @@ async fn handle(
             }
         }
         ["ready", name] if get => match state.lock(name) {
-            Some(l) if l.state.borrow().held => text(StatusCode::OK, "active"),
-            Some(l) => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                l.state.borrow().state.clone(),
-            ),
+            Some(l) if l.active() => text(StatusCode::OK, "active"),
+            Some(l) => text(StatusCode::SERVICE_UNAVAILABLE, l.standby_text()),
             None => text(StatusCode::NOT_FOUND, format!("no lock named \"{name}\"")),
         },
-        ["status"] if get => json(StatusCode::OK, &status(&state).await),
+        ["status"] if get => {
+            let fresh = query_flag(query.as_deref(), "fresh");
+            if fresh
+                && !peer.ip().is_loopback()
+                && (state.token.is_none() || !authorized(&state, &req))
+            {
+                return Ok(text(
+                    StatusCode::UNAUTHORIZED,
+                    "a fresh read of the lock service from beyond loopback needs the bearer token",
+                ));
+            }
+            json(StatusCode::OK, &status(&state, fresh).await)
+        }
         ["locks", name, action @ ("step-down" | "resume")] if post => {
-            if let Some(token) = &state.token {
-                let given = req
-                    .headers()
-                    .get(hyper::header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "));
-                if given != Some(token.as_str()) {
-                    return Ok(text(StatusCode::UNAUTHORIZED, "a bearer token is required"));
-                }
+            if !authorized(&state, &req) {
+                return Ok(text(StatusCode::UNAUTHORIZED, "a bearer token is required"));
             }
             match state.lock(name) {
                 None => text(StatusCode::NOT_FOUND, format!("no lock named \"{name}\"")),
@@ -245,7 +412,7 @@ async fn command(l: &LockEntry, action: &str, query: Option<&str>) -> Response<F
     let (tx, rx) = oneshot::channel();
     let (cmd, wait) = if action == "step-down" {
         let hold_off = match query_ms(query, "hold-off-ms") {
-            Ok(v) => v.unwrap_or(l.cfg.check_period * 3),
+            Ok(v) => v.unwrap_or(l.cfg.check_period.saturating_mul(3)),
             Err(e) => return text(StatusCode::BAD_REQUEST, e),
         };
         let drain = match query_ms(query, "drain-ms") {
@@ -269,7 +436,7 @@ async fn command(l: &LockEntry, action: &str, query: Option<&str>) -> Response<F
             "the lock coordinator is stopping",
         );
     }
-    match tokio::time::timeout(wait + Duration::from_secs(30), rx).await {
+    match tokio::time::timeout(wait.saturating_add(Duration::from_secs(30)), rx).await {
         Ok(Ok(answer)) => json(
             StatusCode::OK,
             &serde_json::json!({ "lock": l.cfg.name, "result": answer }),
@@ -281,23 +448,32 @@ async fn command(l: &LockEntry, action: &str, query: Option<&str>) -> Response<F
     }
 }
 
-async fn status(state: &State) -> serde_json::Value {
+/// The coordinator's own view of each lock; with `fresh`, also the holder read from the
+/// backend (rate-limited, bounded, one at a time per lock).
+async fn status(state: &State, fresh: bool) -> serde_json::Value {
+    let node_id = state.node_id.read().map(|n| n.clone()).unwrap_or_default();
     let mut locks = serde_json::Map::new();
     for (name, l) in state.locks() {
         let s = l.state.borrow().clone();
-        let holder = match tokio::time::timeout(Duration::from_secs(2), lock::observe(&l.cfg)).await
-        {
-            Ok(Ok((lock::Observed::Held(Some(r)), _))) => {
-                serde_json::to_value(r).unwrap_or_default()
-            }
-            Ok(Ok(_)) => serde_json::Value::Null,
-            Ok(Err(e)) => serde_json::json!({ "error": e.to_string() }),
-            Err(_) => serde_json::json!({ "error": "timed out" }),
+        // While this node holds the lock, it is the holder: no read needed to say so.
+        let holder = if s.held {
+            serde_json::json!({
+                "node-id": node_id,
+                "host": crate::config::hostname().unwrap_or_default(),
+                "pid": std::process::id(),
+                "term": s.term,
+                "since-unix-ms": s.since_unix_ms,
+            })
+        } else {
+            serde_json::Value::Null
         };
         let mut v = serde_json::to_value(&s).unwrap_or_default();
         if let Some(o) = v.as_object_mut() {
             o.insert("type".into(), l.cfg.backend.type_name().into());
             o.insert("holder".into(), holder);
+            if fresh {
+                o.insert("observed".into(), observe_fresh(state, &name, &l.cfg).await);
+            }
         }
         locks.insert(name, v);
     }
@@ -310,11 +486,116 @@ async fn status(state: &State) -> serde_json::Value {
                 .collect()
         })
         .unwrap_or_default();
-    let node_id = state.node_id.read().map(|n| n.clone()).unwrap_or_default();
     serde_json::json!({
         "node_id": node_id,
         "version": env!("CARGO_PKG_VERSION"),
         "locks": locks,
         "routes": routes,
     })
+}
+
+/// The holder of one lock per its backend: the last result if it is under a second old or a
+/// read is still running, else a new read within [`FRESH_BOUND`].
+async fn observe_fresh(state: &State, name: &str, cfg: &CoordinatorConfig) -> serde_json::Value {
+    use std::sync::atomic::Ordering;
+    let flag = {
+        let mut all = state.fresh.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = all.entry(name.to_owned()).or_default();
+        let recent = slot.at.is_some_and(|t| t.elapsed() < FRESH_EVERY);
+        if recent || slot.in_flight.swap(true, Ordering::AcqRel) {
+            let mut v = slot.value.clone();
+            if let (Some(o), Some(at)) = (v.as_object_mut(), slot.at) {
+                o.insert("age-ms".into(), (at.elapsed().as_millis() as u64).into());
+            }
+            if slot.in_flight.load(Ordering::Acquire) && !recent {
+                return serde_json::json!({ "error": "a read of the lock service is still running (storage not answering?)", "last": v });
+            }
+            return v;
+        }
+        slot.in_flight.clone()
+    };
+    let value = match tokio::time::timeout(FRESH_BOUND, read_holder(cfg, flag.clone())).await {
+        Ok(Ok((lock::Observed::Held(Some(r)), queue))) => {
+            serde_json::json!({ "held": true, "holder": r, "queue": queue })
+        }
+        Ok(Ok((lock::Observed::Held(None), queue))) => {
+            serde_json::json!({ "held": true, "holder": null, "queue": queue })
+        }
+        Ok(Ok((lock::Observed::Free(r), _))) => serde_json::json!({ "held": false, "last": r }),
+        Ok(Ok((lock::Observed::Absent, _))) => serde_json::json!({ "held": false, "last": null }),
+        Ok(Err(e)) => serde_json::json!({ "error": e.to_string() }),
+        Err(_) => serde_json::json!({
+            "error": format!("storage not answering within {} ms", FRESH_BOUND.as_millis())
+        }),
+    };
+    let mut all = state.fresh.lock().unwrap_or_else(|e| e.into_inner());
+    let slot = all.entry(name.to_owned()).or_default();
+    slot.at = Some(std::time::Instant::now());
+    slot.value = value.clone();
+    // A ZooKeeper read was cancelled with the timeout; a file read may still be stuck on its
+    // blocking thread, and clears the flag itself when it returns.
+    if !matches!(cfg.backend, crate::config::BackendConfig::File { .. }) {
+        flag.store(false, Ordering::Release);
+    }
+    value
+}
+
+/// Reads a lock's holder. A file read runs on a blocking thread that clears `in_flight` when it
+/// returns, however late.
+async fn read_holder(
+    cfg: &CoordinatorConfig,
+    in_flight: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<(lock::Observed, Vec<lock::OwnerRecord>), lock::LockError> {
+    use std::sync::atomic::Ordering;
+    match &cfg.backend {
+        crate::config::BackendConfig::File { locks_folder } => {
+            let path = locks_folder.join(&cfg.lock_id);
+            let observed = tokio::task::spawn_blocking(move || {
+                let r = lock::file::observe(&path);
+                in_flight.store(false, Ordering::Release);
+                r
+            })
+            .await
+            .map_err(|e| lock::LockError::Io {
+                path: cfg.lock_id.clone(),
+                source: std::io::Error::other(format!("the read of the lock file failed: {e}")),
+            })??;
+            Ok((observed, Vec::new()))
+        }
+        crate::config::BackendConfig::ZooKeeper(_) => lock::observe(cfg).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_are_percent_decoded() {
+        assert_eq!(decode("a%20b%2Fc%25"), "a b/c%");
+        assert_eq!(decode("plain"), "plain");
+        assert_eq!(decode("bad%zz%2"), "bad%zz%2");
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"0123456789abcdef", b"0123456789abcdef"));
+        assert!(!constant_time_eq(b"0123456789abcdef", b"0123456789abcdeX"));
+        assert!(!constant_time_eq(b"0123456789abcdef", b"0123456789abcde"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn query_flags_and_bounds() {
+        assert!(query_flag(Some("fresh=1"), "fresh"));
+        assert!(query_flag(Some("a=2&fresh"), "fresh"));
+        assert!(!query_flag(Some("fresh=0"), "fresh"));
+        assert!(!query_flag(None, "fresh"));
+        assert!(query_ms(Some("drain-ms=86400001"), "drain-ms").is_err());
+        assert_eq!(
+            query_ms(Some("drain-ms=5"), "drain-ms").unwrap(),
+            Some(Duration::from_millis(5))
+        );
+    }
 }

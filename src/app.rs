@@ -8,7 +8,12 @@
 //! closed, lock released) before their replacement starts; open routes that went or changed
 //! stop accepting and drain; everything unchanged keeps running untouched.
 //! Stop: coordinators close their gated routes and release their locks (so the peer takes
-//! over), then open routes drain for up to `shutdown-grace-ms`.
+//! over; a step-down drain in progress is cut short), then open routes drain for up to
+//! `shutdown-grace-ms`. The whole stop is bounded by `shutdown-grace-ms`, and a second signal
+//! (`hurry`) ends it at once.
+//! Supervision: a coordinator task that ends on its own (a panic) has already fenced its gate
+//! (its listeners shut as it unwinds); the process then stops everything and exits non-zero,
+//! so that the service manager restarts it. `/ready` never reports a dead coordinator.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -30,13 +35,15 @@ use crate::{health, metrics as m, systemd};
 /// Runs lockgate until `shutdown` completes, then stops in order and returns.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let (_keep, reloads) = mpsc::channel(1);
-    run_with_reload(config, shutdown, reloads).await
+    run_with_reload(config, shutdown, std::future::pending(), reloads).await
 }
 
-/// As [`run`], and re-reads the config file each time `reloads` yields.
+/// As [`run`], and re-reads the config file each time `reloads` yields. Once stopping,
+/// `hurry` completing (a second SIGTERM) ends the grace period at once.
 pub async fn run_with_reload(
     config: Config,
     shutdown: impl Future<Output = ()>,
+    hurry: impl Future<Output = ()>,
     mut reloads: mpsc::Receiver<()>,
 ) -> anyhow::Result<()> {
     let metrics = match m::install() {
@@ -46,7 +53,8 @@ pub async fn run_with_reload(
             None
         }
     };
-    let mut app = App::start(config, metrics).await?;
+    let (died_tx, mut died) = mpsc::channel(8);
+    let mut app = App::start(config, metrics, died_tx).await?;
     info!(node_id = %app.config.node_id, config = %app.config.source.display(), "lockgate ready");
     systemd::ready();
     let watchdog = systemd::watchdog_interval().map(|every| {
@@ -64,22 +72,48 @@ pub async fn run_with_reload(
     });
 
     tokio::pin!(shutdown);
+    let mut dead = None;
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            Some(name) = died.recv() => {
+                error!(lock = %name, "a lock coordinator ended unexpectedly (its gate is closed); stopping so that the service manager restarts lockgate");
+                dead = Some(name);
+                break;
+            }
             Some(()) = reloads.recv() => app.reload().await,
         }
     }
 
     info!("shutting down: closing gated routes and releasing locks");
     systemd::stopping();
-    app.stop().await;
+    let grace = app.config.shutdown_grace;
+    let deadline = tokio::time::Instant::now() + grace;
+    let stopped = tokio::select! {
+        _ = app.stop(deadline) => true,
+        _ = tokio::time::sleep_until(deadline + RESET_ALLOWANCE) => {
+            warn!(grace_ms = grace.as_millis() as u64, "shutdown-grace-ms is over: exiting with what is left open reset");
+            false
+        }
+        _ = hurry => {
+            warn!("second signal: exiting now");
+            false
+        }
+    };
     if let Some(w) = watchdog {
         w.abort();
     }
-    info!("stopped");
-    Ok(())
+    info!(clean = stopped, "stopped");
+    match dead {
+        Some(name) => Err(anyhow::anyhow!(
+            "the lock coordinator \"{name}\" ended unexpectedly"
+        )),
+        None => Ok(()),
+    }
 }
+
+/// After the grace period: time for the last resets before the process exits anyway.
+const RESET_ALLOWANCE: std::time::Duration = std::time::Duration::from_millis(250);
 
 struct OpenEntry {
     cfg: RouteConfig,
@@ -91,6 +125,7 @@ struct CoordinatorEntry {
     routes: Vec<RouteConfig>,
     node_id: String,
     stop: CancellationToken,
+    /// The supervisor of the coordinator's task: ends when the task does.
     task: JoinHandle<()>,
 }
 
@@ -102,6 +137,8 @@ struct App {
     admin_stop: CancellationToken,
     /// Open routes removed or changed by a reload, still draining.
     draining: Vec<JoinHandle<()>>,
+    /// Told the name of a coordinator whose task ended without being asked to.
+    died: mpsc::Sender<String>,
 }
 
 fn gated_by(config: &Config, lock: &str) -> Vec<RouteConfig> {
@@ -117,6 +154,7 @@ impl App {
     async fn start(
         config: Config,
         metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+        died: mpsc::Sender<String>,
     ) -> anyhow::Result<App> {
         let token = config.admin.as_ref().and_then(|a| a.token.clone());
         let admin = Arc::new(admin::State::new(metrics, token, &config.node_id));
@@ -126,7 +164,12 @@ impl App {
                 .await
                 .map_err(|e| anyhow::anyhow!(listener::explain(&e)))
                 .with_context(|| format!("admin endpoint: cannot listen on {}", a.listen))?;
-            tokio::spawn(admin::serve(l, admin.clone(), admin_stop.clone()));
+            tokio::spawn(admin::serve(
+                l,
+                admin.clone(),
+                admin_stop.clone(),
+                a.max_connections,
+            ));
         }
         let mut app = App {
             config: config.clone(),
@@ -135,6 +178,7 @@ impl App {
             admin,
             admin_stop,
             draining: Vec::new(),
+            died,
         };
         for r in config.routes.iter().filter(|r| r.lock.is_none()) {
             app.start_open(r)?;
@@ -185,7 +229,17 @@ impl App {
             GatedRoutes::new(runtimes),
             healthy,
         );
-        let task = tokio::spawn(coordinator.run(stop.clone()));
+        let run = tokio::spawn(coordinator.run(stop.clone()));
+        let (died, asked, name) = (self.died.clone(), stop.clone(), c.name.clone());
+        let task = tokio::spawn(async move {
+            let ended = run.await;
+            if let Err(e) = &ended {
+                error!(lock = %name, error = %e, "a lock coordinator ended abnormally");
+            }
+            if ended.is_err() || !asked.is_cancelled() {
+                let _ = died.send(name).await;
+            }
+        });
         if let Ok(mut locks) = self.admin.locks.write() {
             locks.insert(
                 c.name.clone(),
@@ -214,9 +268,7 @@ impl App {
             return;
         };
         entry.stop.cancel();
-        if let Err(e) = entry.task.await {
-            error!(lock = %name, error = %e, "a lock coordinator ended abnormally");
-        }
+        let _ = entry.task.await;
         if let Ok(mut locks) = self.admin.locks.write() {
             locks.remove(name);
         }
@@ -230,7 +282,8 @@ impl App {
     async fn reload(&mut self) {
         systemd::reloading();
         info!(config = %self.config.source.display(), "reloading the configuration");
-        let new = match Config::load(&self.config.source) {
+        // Off the runtime and bounded: the load checks the locks folder, which may hang.
+        let new = match Config::load_bounded(&self.config.source, crate::config::LOAD_BOUND).await {
             Ok(c) => c,
             Err(e) => {
                 metrics::counter!(m::CONFIG_RELOAD_ERRORS).increment(1);
@@ -243,6 +296,7 @@ impl App {
         if new.admin != self.config.admin {
             warn!("changes to [admin] take effect at the next restart");
         }
+        self.warn_identity_changes(&new);
         // Stop what went or changed, coordinators first (their gates close and their locks go
         // before anything else may bind their ports).
         let stale: Vec<String> = self
@@ -302,7 +356,32 @@ impl App {
         systemd::ready();
     }
 
-    async fn stop(mut self) {
+    /// A reload that changes what names a lock is an operator hazard: this node moves to a
+    /// lock its peer does not contend for, so both may serve until every node agrees. Loud:
+    /// a warning per lock and `lockgate_lock_identity_changes_total`.
+    fn warn_identity_changes(&self, new: &Config) {
+        for (name, e) in &self.coordinators {
+            let Some(c) = new.coordinator(name) else {
+                continue;
+            };
+            let changes = e.cfg.identity_changes(c);
+            if changes.is_empty() {
+                continue;
+            }
+            let held = self
+                .admin
+                .locks
+                .read()
+                .ok()
+                .and_then(|l| l.get(name).map(|l| l.state.borrow().held))
+                .unwrap_or(false);
+            metrics::counter!(m::LOCK_IDENTITY_CHANGES, "lock" => name.clone()).increment(1);
+            warn!(lock = %name, held, changes = %changes.join(", "), "reload changes the identity of this lock: this node now contends for another lock than its peer, so both may serve until every node runs the same identity; change it with the lock released on every node (see the README, \"Changing a lock's identity\")");
+        }
+    }
+
+    /// Fences and releases every lock, then drains open routes until `deadline`.
+    async fn stop(mut self, deadline: tokio::time::Instant) {
         let names: Vec<String> = self.coordinators.keys().cloned().collect();
         // All coordinators fence and release at once.
         for name in &names {
@@ -321,7 +400,7 @@ impl App {
             r.stop_accepting().await;
         }
         let left: usize = open.iter().map(OpenRoute::connections).sum();
-        let grace = self.config.shutdown_grace;
+        let grace = deadline.saturating_duration_since(tokio::time::Instant::now());
         info!(
             connections = left,
             grace_ms = grace.as_millis() as u64,

@@ -27,6 +27,24 @@ pub const DEFAULT_HEALTH_FALL: u32 = 2;
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5000;
 /// Default bound on how long a half-closed connection may linger.
 pub const DEFAULT_HALF_CLOSE_TIMEOUT_MS: u64 = 60_000;
+/// Default `client-timeout-ms` and `server-timeout-ms` (HAProxy's `timeout client` and
+/// `timeout server`): three times the longest heartbeat brokers use by default (Artemis core
+/// pings every 30 s with a 60 s TTL; MQTT keep-alive and AMQP idle-timeout are 60 s; OpenWire's
+/// inactivity monitor 30 s), so a live heartbeating connection is never closed by it.
+pub const DEFAULT_INACTIVITY_TIMEOUT_MS: u64 = 180_000;
+/// Default `tcp-user-timeout-ms`: how long written bytes may stay unacknowledged (or stuck
+/// behind a zero window) before the kernel drops the connection. One broker heartbeat period:
+/// a peer that has not taken a byte for that long has missed its heartbeats too.
+pub const DEFAULT_TCP_USER_TIMEOUT_MS: u64 = 60_000;
+/// Upper bound of every route timeout: one week.
+pub const MAX_ROUTE_TIMEOUT_MS: u64 = 7 * 86_400_000;
+/// Upper bound of every period, grace and lock-service timeout (`shutdown-grace-ms`,
+/// `check-period`, `session-ms`, `connection-ms`, `retries-ms`, `interval-ms`, `timeout-ms`,
+/// `connect-timeout-ms`): one hour. Far above any sensible value, and low enough that every
+/// sum and product lockgate forms from them stays exact.
+pub const MAX_PERIOD_MS: u64 = 3_600_000;
+/// Upper bound of the counts `rise`, `fall` and `retries`.
+pub const MAX_COUNT: u32 = 1000;
 
 /// A configuration that has passed every check: what `run`, `check` and `status` work from.
 #[derive(Debug, Clone)]
@@ -50,7 +68,14 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Bearer token for mutating endpoints (required when `listen` is not loopback).
     pub token: Option<String>,
+    /// Admin connections served at once; more are closed as they arrive.
+    pub max_connections: u32,
 }
+
+/// Default `[admin] max-connections`: a Prometheus scraper, a probe or two and an operator.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: u32 = 16;
+/// Upper bound of `[admin] max-connections`.
+pub const MAX_ADMIN_MAX_CONNECTIONS: u32 = 1024;
 
 /// Default admin address: loopback, the Prometheus exporter port.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
@@ -126,14 +151,14 @@ impl ZkConfig {
     /// The arithmetic for session timeout `session` (the configured one at load time, the
     /// negotiated one at run time). F is capped so the margin stays at least the required one.
     pub fn fencing(&self, session: Duration) -> Fencing {
-        let connection_ignored = self.connection > session * 3 / 5;
+        let connection_ignored = self.connection > scale(session, 3, 5);
         let connection = if connection_ignored {
-            session * 2 / 5
+            scale(session, 2, 5)
         } else {
             self.connection
         };
-        let required_margin = connection / 8 + ZK_SCHEDULING_SLACK;
-        let wanted = session * self.session_percent / 100;
+        let required_margin = (connection / 8).saturating_add(ZK_SCHEDULING_SLACK);
+        let wanted = scale(session, self.session_percent.into(), 100);
         let cap = session
             .saturating_sub(connection)
             .saturating_sub(required_margin);
@@ -148,6 +173,19 @@ impl ZkConfig {
                 .saturating_sub(fence_after),
             required_margin,
         }
+    }
+}
+
+/// `d × num / den` without overflow (saturating at `Duration::MAX`); `den` must be nonzero.
+pub fn scale(d: Duration, num: u64, den: u64) -> Duration {
+    let nanos = d.as_nanos().saturating_mul(u128::from(num)) / u128::from(den.max(1));
+    let secs = u64::try_from(nanos / 1_000_000_000).unwrap_or(u64::MAX);
+    // The remainder is below 10^9: it fits.
+    let sub = u32::try_from(nanos % 1_000_000_000).unwrap_or(0);
+    if secs == u64::MAX {
+        Duration::MAX
+    } else {
+        Duration::new(secs, sub)
     }
 }
 
@@ -188,6 +226,17 @@ pub struct RouteConfig {
     pub lock: Option<String>,
     pub connect_timeout: Duration,
     pub half_close_timeout: Duration,
+    /// How long the client leg may stay idle (nothing read from the client, nothing written
+    /// to it) before the connection is closed. Ignored when `tunnel_timeout` is set.
+    pub client_timeout: Duration,
+    /// The same for the server (upstream) leg.
+    pub server_timeout: Duration,
+    /// When set, replaces both: how long the whole connection may stay idle (no byte moved in
+    /// either direction).
+    pub tunnel_timeout: Option<Duration>,
+    /// TCP_USER_TIMEOUT on both legs: how long written bytes may stay unacknowledged, or stuck
+    /// behind a zero window, before the kernel ends the connection.
+    pub tcp_user_timeout: Duration,
     /// Forward with splice(2) through a pipe (Linux); `false` forces the portable copy path.
     pub zero_copy: bool,
     /// Send a PROXY protocol header with the client's address to the upstream first.
@@ -213,6 +262,24 @@ impl ProxyProtocol {
         }
     }
 }
+
+/// Why a bounded load gave no configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(
+        "storage not answering: reading the config and its locks folder took longer than {0:?} (a hung shared mount?)"
+    )]
+    StorageNotAnswering(Duration),
+    #[error("storage not answering: an earlier load of the config is still waiting for it")]
+    StillWaiting,
+    #[error("loading the config failed: {0}")]
+    Failed(String),
+}
+
+/// The bound on loading the config at start, at reload and for `lockgate status`.
+pub const LOAD_BOUND: Duration = Duration::from_secs(5);
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -250,6 +317,7 @@ struct RawConfig {
 struct RawAdmin {
     listen: Option<Spanned<String>>,
     token_file: Option<Spanned<String>>,
+    max_connections: Option<Spanned<u32>>,
 }
 
 /// One flat table for every backend, so that a key of another backend gets a precise message
@@ -292,6 +360,10 @@ struct RawRoute {
     lock_coordinator: Option<Spanned<String>>,
     connect_timeout_ms: Option<Spanned<u64>>,
     half_close_timeout_ms: Option<Spanned<u64>>,
+    client_timeout_ms: Option<Spanned<u64>>,
+    server_timeout_ms: Option<Spanned<u64>>,
+    tunnel_timeout_ms: Option<Spanned<u64>>,
+    tcp_user_timeout_ms: Option<Spanned<u64>>,
     zero_copy: Option<Spanned<bool>>,
     proxy_protocol: Option<Spanned<String>>,
 }
@@ -321,6 +393,32 @@ impl Config {
         Config::from_str(&text, path)
     }
 
+    /// [`Config::load`] on a blocking thread, bounded by `bound`: the load checks the locks
+    /// folder, which may hang on a dead shared mount. At most one such load is outstanding in
+    /// the process: while one is still stuck, another is refused at once rather than leaving
+    /// one more thread behind.
+    pub async fn load_bounded(path: &Path, bound: Duration) -> Result<Config, LoadError> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        static IN_FLIGHT: AtomicBool = AtomicBool::new(false);
+        if IN_FLIGHT.swap(true, Ordering::AcqRel) {
+            return Err(LoadError::StillWaiting);
+        }
+        let owned = path.to_path_buf();
+        let task = tokio::task::spawn_blocking(move || {
+            let r = Config::load(&owned);
+            IN_FLIGHT.store(false, Ordering::Release);
+            r
+        });
+        match tokio::time::timeout(bound, task).await {
+            Ok(Ok(r)) => r.map_err(LoadError::Config),
+            Ok(Err(join)) => {
+                IN_FLIGHT.store(false, Ordering::Release);
+                Err(LoadError::Failed(join.to_string()))
+            }
+            Err(_) => Err(LoadError::StorageNotAnswering(bound)),
+        }
+    }
+
     /// Parses and validates `text` as if read from `path`.
     pub fn from_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
@@ -347,6 +445,7 @@ impl Config {
         if let Some(a) = &self.admin {
             let _ = writeln!(out, "\n[admin]");
             let _ = writeln!(out, "listen = {}", q(&a.listen.to_string()));
+            let _ = writeln!(out, "max-connections = {}", a.max_connections);
             if a.token.is_some() {
                 let _ = writeln!(out, "# token-file: set (the token is not printed)");
             }
@@ -391,6 +490,12 @@ impl Config {
             }
             let _ = writeln!(out, "connect-timeout-ms = {}", ms(r.connect_timeout));
             let _ = writeln!(out, "half-close-timeout-ms = {}", ms(r.half_close_timeout));
+            let _ = writeln!(out, "client-timeout-ms = {}", ms(r.client_timeout));
+            let _ = writeln!(out, "server-timeout-ms = {}", ms(r.server_timeout));
+            if let Some(t) = r.tunnel_timeout {
+                let _ = writeln!(out, "tunnel-timeout-ms = {}", ms(t));
+            }
+            let _ = writeln!(out, "tcp-user-timeout-ms = {}", ms(r.tcp_user_timeout));
             let _ = writeln!(out, "zero-copy = {}", r.zero_copy);
             let _ = writeln!(out, "proxy-protocol = {}", q(r.proxy_protocol.as_str()));
         }
@@ -421,16 +526,18 @@ impl CoordinatorConfig {
     pub fn failover_bounds(&self) -> FailoverBounds {
         let p = self.check_period;
         let (holder_dies, fence_within) = match &self.backend {
-            BackendConfig::File { .. } => (Duration::ZERO, p + self.io_timeout()),
+            BackendConfig::File { .. } => (Duration::ZERO, p.saturating_add(self.io_timeout())),
             BackendConfig::ZooKeeper(z) => (z.session, z.fencing(z.session).fence_after),
         };
         FailoverBounds {
             holder_dies,
             holder_stops: Duration::ZERO,
-            broker_dies: self
-                .health
-                .as_ref()
-                .map(|h| h.interval * h.fall + h.timeout),
+            broker_dies: self.health.as_ref().map(|h| {
+                h.interval
+                    .checked_mul(h.fall)
+                    .and_then(|d| d.checked_add(h.timeout))
+                    .unwrap_or(Duration::MAX)
+            }),
             fence_within,
         }
     }
@@ -451,7 +558,7 @@ impl CoordinatorConfig {
                     ms(f.session), ms(f.connection),
                     if f.connection_ignored { format!(" (connection-ms {} is above 3/5 of S, which zookeeper-client ignores: it uses 2/5 of S)", ms(z.connection)) } else { String::new() },
                     ms(f.fence_after), z.session_percent,
-                    if f.fence_after < z.session * z.session_percent / 100 { ", capped by the margin" } else { "" },
+                    if f.fence_after < scale(z.session, z.session_percent.into(), 100) { ", capped by the margin" } else { "" },
                     ms(f.margin), ms(f.required_margin)));
                 lines.push(format!("holder process dies: the server expires its session, then the standby takes over: within {} ms (S, plus up to one server tick)", ms(b.holder_dies)));
                 lines.push("holder shuts down (SIGTERM): it deletes its node and the standby takes over at once".to_owned());
@@ -468,6 +575,50 @@ impl CoordinatorConfig {
         lines
     }
 
+    /// What names the lock itself changed between `self` and `new` (`lock-id`, the type,
+    /// `locks-folder`, `connect-string`, `namespace`), in words: a reload that changes it moves
+    /// this node to another lock while its peer may still hold the old one.
+    pub fn identity_changes(&self, new: &CoordinatorConfig) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.lock_id != new.lock_id {
+            out.push(format!(
+                "lock-id \"{}\" -> \"{}\"",
+                self.lock_id, new.lock_id
+            ));
+        }
+        match (&self.backend, &new.backend) {
+            (BackendConfig::File { locks_folder: a }, BackendConfig::File { locks_folder: b }) => {
+                if a != b {
+                    out.push(format!(
+                        "locks-folder \"{}\" -> \"{}\"",
+                        a.display(),
+                        b.display()
+                    ));
+                }
+            }
+            (BackendConfig::ZooKeeper(a), BackendConfig::ZooKeeper(b)) => {
+                if a.connect_string != b.connect_string {
+                    out.push(format!(
+                        "connect-string \"{}\" -> \"{}\"",
+                        a.connect_string, b.connect_string
+                    ));
+                }
+                if a.namespace != b.namespace {
+                    out.push(format!(
+                        "namespace \"{}\" -> \"{}\"",
+                        a.namespace, b.namespace
+                    ));
+                }
+            }
+            (a, b) => out.push(format!(
+                "type \"{}\" -> \"{}\"",
+                a.type_name(),
+                b.type_name()
+            )),
+        }
+        out
+    }
+
     /// Deadline of one lock-file operation: a hung mount fences after this long.
     pub fn io_timeout(&self) -> Duration {
         self.check_period
@@ -479,11 +630,16 @@ fn validate(raw: RawConfig, base: &Path, path: &Path) -> Result<Config, Bad> {
         Some(n) => non_empty(n, "node-id")?,
         None => default_node_id(),
     };
-    let shutdown_grace = Duration::from_millis(
-        raw.shutdown_grace_ms
-            .map(|v| v.into_inner())
-            .unwrap_or(DEFAULT_SHUTDOWN_GRACE_MS),
-    );
+    let shutdown_grace = match raw.shutdown_grace_ms {
+        // 0 is allowed: open routes' connections are reset at once.
+        Some(v) if *v.get_ref() == 0 => Duration::ZERO,
+        v => bounded_ms(
+            v,
+            "shutdown-grace-ms",
+            DEFAULT_SHUTDOWN_GRACE_MS,
+            MAX_PERIOD_MS,
+        )?,
+    };
 
     let admin = match raw.admin {
         Some(a) => Some(validate_admin(a.into_inner(), base)?),
@@ -511,10 +667,11 @@ fn validate(raw: RawConfig, base: &Path, path: &Path) -> Result<Config, Bad> {
                 "must be a plain name (it names a file or znode): no '/', not '.' or '..'",
             ));
         }
-        let check_period = positive_ms(
+        let check_period = bounded_ms(
             c.check_period.clone(),
             "check-period",
             DEFAULT_CHECK_PERIOD_MS,
+            MAX_PERIOD_MS,
         )?;
         let kind_span = c.kind.span();
         let kind = c.kind.get_ref().as_str();
@@ -681,15 +838,45 @@ fn validate(raw: RawConfig, base: &Path, path: &Path) -> Result<Config, Bad> {
             listen,
             forward_to,
             lock,
-            connect_timeout: positive_ms(
+            connect_timeout: bounded_ms(
                 r.connect_timeout_ms,
                 "connect-timeout-ms",
                 DEFAULT_CONNECT_TIMEOUT_MS,
+                MAX_PERIOD_MS,
             )?,
-            half_close_timeout: positive_ms(
+            half_close_timeout: bounded_ms(
                 r.half_close_timeout_ms,
                 "half-close-timeout-ms",
                 DEFAULT_HALF_CLOSE_TIMEOUT_MS,
+                MAX_ROUTE_TIMEOUT_MS,
+            )?,
+            client_timeout: bounded_ms(
+                r.client_timeout_ms,
+                "client-timeout-ms",
+                DEFAULT_INACTIVITY_TIMEOUT_MS,
+                MAX_ROUTE_TIMEOUT_MS,
+            )?,
+            server_timeout: bounded_ms(
+                r.server_timeout_ms,
+                "server-timeout-ms",
+                DEFAULT_INACTIVITY_TIMEOUT_MS,
+                MAX_ROUTE_TIMEOUT_MS,
+            )?,
+            tunnel_timeout: match r.tunnel_timeout_ms {
+                Some(t) => Some(bounded_ms(
+                    Some(t),
+                    "tunnel-timeout-ms",
+                    0,
+                    MAX_ROUTE_TIMEOUT_MS,
+                )?),
+                None => None,
+            },
+            tcp_user_timeout: bounded_ms(
+                r.tcp_user_timeout_ms,
+                "tcp-user-timeout-ms",
+                DEFAULT_TCP_USER_TIMEOUT_MS,
+                // The kernel takes an unsigned int of milliseconds.
+                MAX_ROUTE_TIMEOUT_MS.min(u64::from(u32::MAX)),
             )?,
             zero_copy: r.zero_copy.is_none_or(Spanned::into_inner),
             proxy_protocol,
@@ -759,7 +946,22 @@ fn validate_admin(a: RawAdmin, base: &Path) -> Result<AdminConfig, Bad> {
             ),
         ));
     }
-    Ok(AdminConfig { listen, token })
+    let max_connections = match a.max_connections {
+        Some(m) if *m.get_ref() == 0 || *m.get_ref() > MAX_ADMIN_MAX_CONNECTIONS => {
+            return Err(bad(
+                m.span(),
+                "max-connections",
+                format!("must be from 1 to {MAX_ADMIN_MAX_CONNECTIONS}"),
+            ));
+        }
+        Some(m) => m.into_inner(),
+        None => DEFAULT_ADMIN_MAX_CONNECTIONS,
+    };
+    Ok(AdminConfig {
+        listen,
+        token,
+        max_connections,
+    })
 }
 
 fn validate_zk(c: &RawCoordinator, kind_span: Range<usize>) -> Result<ZkConfig, Bad> {
@@ -808,13 +1010,24 @@ fn validate_zk(c: &RawCoordinator, kind_span: Range<usize>) -> Result<ZkConfig, 
         ));
     }
     let copy = |v: &Option<Spanned<u64>>| v.as_ref().map(|v| Spanned::new(v.span(), *v.get_ref()));
-    let session = positive_ms(copy(&c.session_ms), "session-ms", DEFAULT_ZK_SESSION_MS)?;
-    let connection = positive_ms(
+    let session = bounded_ms(
+        copy(&c.session_ms),
+        "session-ms",
+        DEFAULT_ZK_SESSION_MS,
+        MAX_PERIOD_MS,
+    )?;
+    let connection = bounded_ms(
         copy(&c.connection_ms),
         "connection-ms",
         DEFAULT_ZK_CONNECTION_MS,
+        MAX_PERIOD_MS,
     )?;
-    let retries_wait = positive_ms(copy(&c.retries_ms), "retries-ms", DEFAULT_ZK_RETRIES_MS)?;
+    let retries_wait = bounded_ms(
+        copy(&c.retries_ms),
+        "retries-ms",
+        DEFAULT_ZK_RETRIES_MS,
+        MAX_PERIOD_MS,
+    )?;
     let session_percent = match &c.session_percent {
         Some(p) if *p.get_ref() == 0 || *p.get_ref() > 100 => {
             return Err(bad(p.span(), "session-percent", "must be from 1 to 100"));
@@ -828,10 +1041,17 @@ fn validate_zk(c: &RawCoordinator, kind_span: Range<usize>) -> Result<ZkConfig, 
         session,
         session_percent,
         connection,
-        retries: c
-            .retries
-            .as_ref()
-            .map_or(DEFAULT_ZK_RETRIES, |r| *r.get_ref()),
+        retries: match &c.retries {
+            Some(r) if *r.get_ref() > MAX_COUNT => {
+                return Err(bad(
+                    r.span(),
+                    "retries",
+                    format!("must be at most {MAX_COUNT}"),
+                ));
+            }
+            Some(r) => *r.get_ref(),
+            None => DEFAULT_ZK_RETRIES,
+        },
         retries_wait,
     };
     let f = zk.fencing(session);
@@ -876,9 +1096,19 @@ fn validate_health(h: RawHealth) -> Result<HealthConfig, Bad> {
             format!("\"{address}\" needs a host and port, like \"127.0.0.1:61626\""),
         ));
     }
-    let interval = positive_ms(h.interval_ms, "interval-ms", DEFAULT_HEALTH_INTERVAL_MS)?;
+    let interval = bounded_ms(
+        h.interval_ms,
+        "interval-ms",
+        DEFAULT_HEALTH_INTERVAL_MS,
+        MAX_PERIOD_MS,
+    )?;
     let timeout_span = h.timeout_ms.as_ref().map(|t| t.span());
-    let timeout = positive_ms(h.timeout_ms, "timeout-ms", DEFAULT_HEALTH_TIMEOUT_MS)?;
+    let timeout = bounded_ms(
+        h.timeout_ms,
+        "timeout-ms",
+        DEFAULT_HEALTH_TIMEOUT_MS,
+        MAX_PERIOD_MS,
+    )?;
     if timeout > interval {
         return Err(bad(
             timeout_span.unwrap_or(0..0),
@@ -892,7 +1122,9 @@ fn validate_health(h: RawHealth) -> Result<HealthConfig, Bad> {
     }
     let count = |v: Option<Spanned<u32>>, key: &str, default: u32| -> Result<u32, Bad> {
         match v {
-            Some(v) if *v.get_ref() == 0 => Err(bad(v.span(), key, "must be at least 1")),
+            Some(v) if *v.get_ref() == 0 || *v.get_ref() > MAX_COUNT => {
+                Err(bad(v.span(), key, format!("must be from 1 to {MAX_COUNT}")))
+            }
             Some(v) => Ok(v.into_inner()),
             None => Ok(default),
         }
@@ -918,6 +1150,32 @@ fn positive_ms(v: Option<Spanned<u64>>, key: &str, default: u64) -> Result<Durat
         Some(v) if *v.get_ref() == 0 => Err(bad(v.span(), key, "must be greater than 0")),
         Some(v) => Ok(Duration::from_millis(v.into_inner())),
         None => Ok(Duration::from_millis(default)),
+    }
+}
+
+/// A positive number of milliseconds of at most `max` (its documented upper bound).
+fn bounded_ms(v: Option<Spanned<u64>>, key: &str, default: u64, max: u64) -> Result<Duration, Bad> {
+    if let Some(n) = &v
+        && *n.get_ref() > max
+    {
+        return Err(bad(
+            n.span(),
+            key,
+            format!("must be at most {max} ({})", human_ms(max)),
+        ));
+    }
+    positive_ms(v, key, default)
+}
+
+/// `604800000` as "7 days", for bound messages.
+fn human_ms(ms: u64) -> String {
+    match ms {
+        86_400_000 => "1 day".to_owned(),
+        3_600_000 => "1 hour".to_owned(),
+        m if m >= 86_400_000 && m % 86_400_000 == 0 => format!("{} days", m / 86_400_000),
+        m if m >= 3_600_000 && m % 3_600_000 == 0 => format!("{} hours", m / 3_600_000),
+        m if m >= 1000 && m % 1000 == 0 => format!("{} s", m / 1000),
+        m => format!("{m} ms"),
     }
 }
 

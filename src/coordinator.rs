@@ -2,16 +2,18 @@
 //! healthy, opens its gate (binds the gated routes) once it holds the lock, and closes the gate
 //! *before* the lock can go to anyone else.
 //!
-//! The decision is the pure [`plan`]; [`Coordinator::run`] drives it from four events: the
-//! lock arriving (the backend waits on it, so takeover does not wait for a tick), a flip of
-//! the broker's health (rise ⇒ contend now, fall ⇒ release now), the check-period tick (the
-//! holder's liveness check, and retries after errors), and shutdown.
+//! Two halves:
+//! - [`Machine::next`] is the whole decision, pure: `(phase, event) -> (phase, actions)`. It
+//!   is table-tested here, and `tests/model.rs` explores it exhaustively, composed with models
+//!   of the lock services, for two and three nodes.
+//! - [`Coordinator::run`] is the task that feeds it events (the lock arriving or going, the
+//!   broker's health flipping, the check-period tick, the end of a hold-off, the operator's
+//!   commands, shutdown) and executes the actions it returns, in order, each to completion.
 //!
-//! Never two active: the gate opens only after the lock is taken, and every path that gives
-//! the lock up (health, bind failure, shutdown) closes the gate first and awaits it; a loss
-//! detected under us (file replaced, storage hung) fences at once.
-
-use std::future::Future;
+//! Never two active: the gate opens only after the lock is taken, and the lock is given back
+//! only with a [`gate::Closed`], the proof that the gate's listeners are shut and every
+//! connection they carried is gone; a loss detected under us (lease ran out, node deleted,
+//! file replaced, storage hung) fences first, then logs.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -23,23 +25,294 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::CoordinatorConfig;
-use crate::lease::Lease;
+use crate::gate::{self, Closed, Gate};
 use crate::lock::{Lock, LockError, LockEvent};
 use crate::metrics as m;
 use crate::systemd;
 
-/// The routes a lock gates, seen from the coordinator.
-pub trait Gate: Send {
-    /// Binds every gated route in order; their connections forward only while `lease` is
-    /// valid. On error nothing stays bound; the message says which route failed and why, in
-    /// plain words.
-    fn open(&mut self, term: u64, lease: Lease) -> impl Future<Output = Result<(), String>> + Send;
-    /// Closes every listener (reverse order) and resets every connection they carried;
-    /// returns only when none is left. `reason` labels the killed connections.
-    fn close(&mut self, reason: &'static str) -> impl Future<Output = ()> + Send;
-    /// A planned switchover: closes every listener, lets connections finish for up to
-    /// `drain`, then resets the rest; returns only when none is left.
-    fn drain_close(&mut self, drain: Duration) -> impl Future<Output = ()> + Send;
+/// What a coordinator is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Not contending: the broker is not (yet) healthy.
+    Idle,
+    /// Not contending until the hold-off ends (after a backend error, a bind failure, a
+    /// step-down).
+    HoldingOff,
+    /// Waiting for the lock.
+    Contending,
+    /// Holding the lock; the gate is open.
+    Active { term: u64 },
+    /// Shut down: nothing held, nothing wanted, for good.
+    Stopped,
+}
+
+/// Why the gate closes and the lock is given back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Release {
+    /// The local broker failed its health check.
+    Health,
+    /// A gated route could not bind; the peer should serve instead.
+    BindFailed,
+    /// lockgate is stopping (or a reload replaces this coordinator).
+    Shutdown,
+    /// An operator asked for a planned switchover.
+    StepDown,
+    /// The lock went away under us; the word is the backend's reason.
+    Lost(&'static str),
+    /// The lock arrived while nobody wanted it.
+    Unwanted,
+}
+
+impl Release {
+    /// The metric label and the log's short word.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Release::Health => "health",
+            Release::BindFailed => "bind_failed",
+            Release::Shutdown => "shutdown",
+            Release::StepDown => "step_down",
+            Release::Lost(reason) => reason,
+            Release::Unwanted => "unwanted",
+        }
+    }
+}
+
+/// How long a hold-off lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HoldOff {
+    /// This many check-periods.
+    Periods(u32),
+    /// As the operator asked.
+    For(Duration),
+}
+
+/// After a bind failure, how many check-periods to leave the lock to the peer (which tries
+/// once per period, so it gets a turn).
+pub const BIND_FAILURE_HOLD_OFF_PERIODS: u32 = 2;
+/// After a backend error, how many check-periods before contending again.
+pub const ERROR_HOLD_OFF_PERIODS: u32 = 1;
+
+/// What happened, as the state machine sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Event {
+    /// The broker's health flipped (or is first known).
+    Health(bool),
+    /// The lock is ours, with this term.
+    Acquired { term: u64 },
+    /// Contending failed (backend unreachable, an error from it).
+    AcquireFailed,
+    /// The held lock went away under us, or a liveness check failed.
+    Lost { reason: &'static str },
+    /// A gated route could not bind after the lock was taken.
+    OpenFailed,
+    /// The check-period elapsed.
+    Tick,
+    /// The hold-off ended.
+    HoldOffEnded,
+    /// Planned switchover.
+    StepDown { drain: Duration, hold_off: Duration },
+    /// Contend again now (ends a hold-off).
+    Resume,
+    /// Stop for good.
+    Shutdown,
+}
+
+/// What the driving task does, in order, each to completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Start (or keep) waiting for the lock.
+    Contend { last_term: u64 },
+    /// Stop waiting for the lock. Never gives back a lock already held.
+    Withdraw,
+    /// Bind the gated routes.
+    OpenGate { term: u64 },
+    /// Close the gate at once: listeners, then a reset of every connection.
+    CloseGate(Release),
+    /// Close the listeners, drain connections for up to `drain`, then reset the rest.
+    DrainGate { drain: Duration },
+    /// Give the lock back; only with the gate closed.
+    ReleaseLock(Release),
+    /// Confirm the lock is still ours.
+    Check,
+    /// Start (or restart) the hold-off timer.
+    StartHoldOff(HoldOff),
+    /// Cancel the hold-off timer.
+    CancelHoldOff,
+}
+
+/// The coordinator's whole state as the decision sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Machine {
+    pub phase: Phase,
+    /// The local broker answers its health check.
+    pub healthy: bool,
+    /// The term of the current or last holding; grows on every acquisition.
+    pub term: u64,
+}
+
+/// The actions that follow one event, in order: at most four, so the pure function
+/// allocates nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Actions([Option<Action>; 4]);
+
+impl Actions {
+    fn of(list: &[Action]) -> Actions {
+        debug_assert!(list.len() <= 4, "{list:?}");
+        let mut a = Actions::default();
+        for (slot, action) in a.0.iter_mut().zip(list) {
+            *slot = Some(*action);
+        }
+        a
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Action> + '_ {
+        self.0.iter().map_while(|a| *a)
+    }
+
+    pub fn to_vec(&self) -> Vec<Action> {
+        self.iter().collect()
+    }
+}
+
+impl Machine {
+    /// A coordinator that has not heard from its health check yet.
+    pub fn new() -> Machine {
+        Machine {
+            phase: Phase::Idle,
+            healthy: false,
+            term: 0,
+        }
+    }
+
+    /// Whether the lock is held (the gate is open or opening).
+    pub fn holds(&self) -> bool {
+        matches!(self.phase, Phase::Active { .. })
+    }
+
+    /// Whether the backend may report something the machine waits for.
+    pub fn listens(&self) -> bool {
+        matches!(self.phase, Phase::Contending | Phase::Active { .. })
+    }
+
+    /// Not holding, not stopped: contend if healthy, else idle.
+    fn standby(self, actions: &[Action]) -> (Machine, Actions) {
+        let mut list = Actions::of(actions);
+        let phase = if self.healthy {
+            if let Some(slot) = list.0.iter_mut().find(|a| a.is_none()) {
+                *slot = Some(Action::Contend {
+                    last_term: self.term,
+                });
+            }
+            Phase::Contending
+        } else {
+            Phase::Idle
+        };
+        (Machine { phase, ..self }, list)
+    }
+
+    fn stay(self) -> (Machine, Actions) {
+        (self, Actions::default())
+    }
+
+    fn to(self, phase: Phase, actions: &[Action]) -> (Machine, Actions) {
+        (Machine { phase, ..self }, Actions::of(actions))
+    }
+
+    /// The decision: from this state and this event, the next state and what to do, in order.
+    /// Every path that leaves `Active` closes the gate before it releases the lock.
+    pub fn next(self, event: Event) -> (Machine, Actions) {
+        use Action::*;
+        use Phase::*;
+        match (self.phase, event) {
+            (Stopped, _) => self.stay(),
+            (Active { .. }, Event::Shutdown) => self.to(
+                Stopped,
+                &[CloseGate(Release::Shutdown), ReleaseLock(Release::Shutdown)],
+            ),
+            (Contending, Event::Shutdown) => self.to(Stopped, &[Withdraw]),
+            (_, Event::Shutdown) => self.to(Stopped, &[]),
+
+            (_, Event::Health(h)) if h == self.healthy => self.stay(),
+            (Idle, Event::Health(h)) => Machine { healthy: h, ..self }.standby(&[]),
+            (HoldingOff, Event::Health(h)) => (Machine { healthy: h, ..self }, Actions::default()),
+            (Contending, Event::Health(_)) => Machine {
+                healthy: false,
+                ..self
+            }
+            .to(Idle, &[Withdraw]),
+            (Active { .. }, Event::Health(_)) => Machine {
+                healthy: false,
+                ..self
+            }
+            .to(
+                Idle,
+                &[CloseGate(Release::Health), ReleaseLock(Release::Health)],
+            ),
+
+            (Contending, Event::Acquired { term }) => {
+                Machine { term, ..self }.to(Active { term }, &[OpenGate { term }])
+            }
+            // Arrived while nobody wanted it (the gate is closed): give it back now.
+            (Idle | HoldingOff, Event::Acquired { .. }) => {
+                (self, Actions::of(&[ReleaseLock(Release::Unwanted)]))
+            }
+            (Active { .. }, Event::Acquired { .. }) => self.stay(),
+
+            (Contending, Event::AcquireFailed) => self.to(
+                HoldingOff,
+                &[
+                    Withdraw,
+                    StartHoldOff(HoldOff::Periods(ERROR_HOLD_OFF_PERIODS)),
+                ],
+            ),
+            (_, Event::AcquireFailed) => self.stay(),
+
+            (Active { .. }, Event::Lost { reason }) => self.standby(&[
+                CloseGate(Release::Lost(reason)),
+                ReleaseLock(Release::Lost(reason)),
+            ]),
+            (_, Event::Lost { .. }) => self.stay(),
+
+            (Active { .. }, Event::OpenFailed) => self.to(
+                HoldingOff,
+                &[
+                    CloseGate(Release::BindFailed),
+                    ReleaseLock(Release::BindFailed),
+                    StartHoldOff(HoldOff::Periods(BIND_FAILURE_HOLD_OFF_PERIODS)),
+                ],
+            ),
+            (_, Event::OpenFailed) => self.stay(),
+
+            (Active { .. }, Event::Tick) => (self, Actions::of(&[Check])),
+            (_, Event::Tick) => self.stay(),
+
+            (Active { .. }, Event::StepDown { drain, hold_off }) => self.to(
+                HoldingOff,
+                &[
+                    DrainGate { drain },
+                    ReleaseLock(Release::StepDown),
+                    StartHoldOff(HoldOff::For(hold_off)),
+                ],
+            ),
+            (Contending, Event::StepDown { hold_off, .. }) => self.to(
+                HoldingOff,
+                &[Withdraw, StartHoldOff(HoldOff::For(hold_off))],
+            ),
+            (_, Event::StepDown { hold_off, .. }) => {
+                self.to(HoldingOff, &[StartHoldOff(HoldOff::For(hold_off))])
+            }
+
+            (HoldingOff, Event::HoldOffEnded) => self.standby(&[]),
+            (HoldingOff, Event::Resume) => self.standby(&[CancelHoldOff]),
+            (_, Event::HoldOffEnded | Event::Resume) => self.stay(),
+        }
+    }
+}
+
+impl Default for Machine {
+    fn default() -> Self {
+        Machine::new()
+    }
 }
 
 /// What the admin endpoint asks of a coordinator.
@@ -81,82 +354,35 @@ const TRANSITIONS_KEPT: usize = 16;
 
 /// The handles the rest of the process keeps on a running coordinator.
 pub struct Handle {
+    /// Closed (the sender dropped) once the coordinator's task has ended, however it ended.
     pub state: watch::Receiver<LockState>,
     pub commands: mpsc::Sender<Command>,
 }
 
-/// Why a held lock is given back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Release {
-    /// The local broker failed its health check.
-    Health,
-    /// A gated route could not bind; the peer should serve instead.
-    BindFailed,
-    /// lockgate is stopping.
-    Shutdown,
-    /// An operator asked for a planned switchover.
-    StepDown,
-}
-
-impl Release {
-    pub fn reason(self) -> &'static str {
-        match self {
-            Release::Health => "health",
-            Release::BindFailed => "bind_failed",
-            Release::Shutdown => "shutdown",
-            Release::StepDown => "step_down",
-        }
-    }
-}
-
-/// What to do at a wake-up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Plan {
-    /// Wait for the lock (idempotent).
-    Contend,
-    /// Stop waiting for the lock.
-    Withdraw,
-    /// Confirm we still hold the lock.
-    Check,
-    Release(Release),
-}
-
-/// The coordinator's decision, from what it knows. `holding_off`: a recent bind failure or
-/// backend error asks us to leave the lock alone for a while.
-pub fn plan(held: bool, healthy: bool, holding_off: bool) -> Plan {
-    match (held, healthy) {
-        (true, true) => Plan::Check,
-        (true, false) => Plan::Release(Release::Health),
-        (false, true) if !holding_off => Plan::Contend,
-        (false, _) => Plan::Withdraw,
-    }
-}
-
-/// After a bind failure, how many check-periods to leave the lock to the peer (which tries
-/// once per period, so it gets a turn).
-const BIND_FAILURE_HOLD_OFF_PERIODS: u32 = 2;
-
+/// The task that drives one [`Machine`].
 pub struct Coordinator<G: Gate> {
     cfg: CoordinatorConfig,
     node_id: String,
     /// Declared before `lock`: if the task ever unwinds, the gate's listeners are shut before
     /// the lock is let go.
     gate: G,
+    /// `Some` exactly while the gate is closed: the proof `release` needs.
+    closed: Option<Closed>,
     lock: Lock,
     /// `true` while the local broker is up.
     health: watch::Receiver<bool>,
-    /// The term of the current or last holding; grows on every acquisition.
-    term: u64,
-    held: bool,
-    /// Waiting for the lock: the backend's `acquired()` may fire.
-    contending: bool,
+    machine: Machine,
     hold_off_until: Option<Instant>,
     /// The last acquisition error logged, so a persisting error is logged once.
     last_error: Option<String>,
+    /// Why the lock was lost, logged once the gate is closed (fence first, then log).
+    lost: Option<LockError>,
     /// When this node decided to contend (for `lockgate_failover_seconds`).
     contend_since: Option<Instant>,
     /// When the current holding began, and how many whole seconds of it were counted.
     held_since: Option<(Instant, u64)>,
+    /// The last standby reason published in this event's handling, if any.
+    published: bool,
     commands: mpsc::Receiver<Command>,
     state: watch::Sender<LockState>,
 }
@@ -179,179 +405,299 @@ impl<G: Gate> Coordinator<G> {
             cfg,
             node_id,
             gate,
+            closed: Some(Closed::initially()),
             lock,
             health,
-            term: 0,
-            held: false,
-            contending: false,
+            machine: Machine::new(),
             hold_off_until: None,
             last_error: None,
+            lost: None,
             contend_since: None,
             held_since: None,
+            published: false,
             commands,
             state,
         };
         (c, handle)
     }
 
-    /// Runs until `shutdown`; then closes the gate and releases the lock if held.
+    /// Runs until `shutdown`; then closes the gate and releases the lock if held. A drain in
+    /// progress when `shutdown` fires is cut short (its connections are reset).
     pub async fn run(mut self, shutdown: CancellationToken) {
         let name = self.cfg.name.clone();
         info!(lock = %name, path = %self.lock.describe(), check_period_ms = self.cfg.check_period.as_millis() as u64, "lock coordinator started");
         self.publish_standby("starting");
         let mut health_open = true;
-        let mut next = Instant::now();
-        loop {
-            tokio::select! {
+        let mut next_tick = Instant::now() + self.cfg.check_period;
+        let first = Event::Health(*self.health.borrow_and_update());
+        self.handle(first, None, &shutdown).await;
+        while self.machine.phase != Phase::Stopped {
+            let listens = self.machine.listens();
+            let holds = self.machine.holds();
+            let hold_off = self.hold_off_until;
+            let mut reply = None;
+            let event = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break,
-                e = self.lock.event(self.held), if self.contending || self.held => match e {
-                    LockEvent::Acquired(r) => self.on_acquired(r).await,
-                    LockEvent::Lost(e) => self.lost(e).await,
-                },
+                _ = shutdown.cancelled() => Event::Shutdown,
+                e = self.lock.event(holds), if listens => self.lock_event(e),
                 r = self.health.changed(), if health_open => {
                     if r.is_err() {
                         health_open = false;
+                        continue;
                     }
+                    Event::Health(*self.health.borrow_and_update())
                 }
-                Some(cmd) = self.commands.recv() => self.command(cmd).await,
-                _ = tokio::time::sleep_until(next) => {}
-            }
-            let now = Instant::now();
-            let ticked = now >= next;
-            self.step(ticked).await;
-            if ticked {
-                self.count_held_seconds();
-            }
-            if ticked {
-                next = now + self.cfg.check_period;
-            }
-            if let Some(t) = self.hold_off_until.filter(|t| *t > now) {
-                next = next.min(t);
-            }
+                Some(cmd) = self.commands.recv() => match cmd {
+                    Command::StepDown { drain, hold_off, reply: r } => {
+                        reply = Some(r);
+                        Event::StepDown { drain, hold_off }
+                    }
+                    Command::Resume { reply: r } => {
+                        reply = Some(r);
+                        Event::Resume
+                    }
+                },
+                _ = sleep_until_opt(hold_off), if hold_off.is_some() => {
+                    self.hold_off_until = None;
+                    Event::HoldOffEnded
+                }
+                _ = tokio::time::sleep_until(next_tick) => {
+                    next_tick = Instant::now() + self.cfg.check_period;
+                    self.count_held_seconds();
+                    Event::Tick
+                }
+            };
+            self.handle(event, reply, &shutdown).await;
         }
-        self.lock.withdraw();
-        self.contending = false;
-        if self.held {
-            self.give_up(Release::Shutdown).await;
-        }
+        self.lock.settle().await;
         info!(lock = %name, "lock coordinator stopped");
     }
 
-    /// Acts on the plan. The liveness check runs only on ticks; everything else at once.
-    async fn step(&mut self, ticked: bool) {
-        let healthy = *self.health.borrow_and_update();
-        let now = Instant::now();
-        let holding_off = self.hold_off_until.is_some_and(|t| now < t);
-        match plan(self.held, healthy, holding_off) {
-            Plan::Contend => {
-                self.lock.contend(&self.node_id, self.term);
-                if !self.contending {
-                    self.contending = true;
-                    self.contend_since.get_or_insert(now);
-                    self.publish_standby("contending");
-                }
+    /// Turns a backend report into an event; the error is kept to be logged later.
+    fn lock_event(&mut self, e: LockEvent) -> Event {
+        match e {
+            LockEvent::Acquired(Ok(term)) => Event::Acquired { term },
+            LockEvent::Acquired(Err(e)) => {
+                self.acquire_error(e);
+                Event::AcquireFailed
             }
-            Plan::Withdraw => {
-                if self.contending {
-                    self.lock.withdraw();
-                    self.contending = false;
-                    self.contend_since = None;
-                    self.publish_standby(if healthy {
-                        "holding off"
-                    } else {
-                        "broker down"
-                    });
-                }
+            LockEvent::Lost(e) => {
+                let reason = e.reason();
+                self.lost = Some(e);
+                Event::Lost { reason }
             }
-            Plan::Check if ticked => {
-                if let Err(e) = self.lock.check().await {
-                    self.lost(e).await;
-                }
-            }
-            Plan::Check => {}
-            Plan::Release(why) => self.give_up(why).await,
         }
     }
 
-    async fn on_acquired(&mut self, result: Result<u64, LockError>) {
+    /// Runs one event through the machine, and every event its actions cause, executing the
+    /// actions in order.
+    async fn handle(
+        &mut self,
+        event: Event,
+        reply: Option<oneshot::Sender<String>>,
+        shutdown: &CancellationToken,
+    ) {
+        let answer = match event {
+            Event::StepDown { hold_off, .. } => Some(match self.machine.phase {
+                Phase::Active { term } => format!(
+                    "stepped down from term {term}; not contending for {} ms",
+                    hold_off.as_millis()
+                ),
+                _ => format!(
+                    "not holding the lock; not contending for {} ms",
+                    hold_off.as_millis()
+                ),
+            }),
+            Event::Resume => Some("contending".to_owned()),
+            _ => None,
+        };
+        let mut pending = VecDeque::from([event]);
+        while let Some(event) = pending.pop_front() {
+            let before = self.machine;
+            let (after, actions) = before.next(event);
+            self.machine = after;
+            self.published = false;
+            debug!(lock = %self.cfg.name, ?event, from = ?before.phase, to = ?after.phase, "transition");
+            if matches!(event, Event::StepDown { .. }) && before.holds() {
+                info!(lock = %self.cfg.name, term = before.term, "stepping down");
+            }
+            if event == Event::Resume {
+                info!(lock = %self.cfg.name, "resuming contention");
+            }
+            for action in actions.iter() {
+                if let Some(caused) = self.execute(action, shutdown).await {
+                    pending.push_back(caused);
+                }
+            }
+            self.report(before, self.machine);
+        }
+        if let (Some(reply), Some(answer)) = (reply, answer) {
+            let _ = reply.send(answer);
+        }
+    }
+
+    /// Executes one action; returns the event it caused, if any.
+    async fn execute(&mut self, action: Action, shutdown: &CancellationToken) -> Option<Event> {
         let name = self.cfg.name.clone();
-        self.contending = false;
-        match result {
-            Ok(term) => {
-                self.term = term;
-                self.held = true;
-                self.last_error = None;
+        match action {
+            Action::Contend { last_term } => {
+                self.lock.contend(&self.node_id, last_term);
+                self.contend_since.get_or_insert_with(Instant::now);
+                None
+            }
+            Action::Withdraw => {
+                self.lock.withdraw();
+                self.contend_since = None;
+                None
+            }
+            Action::OpenGate { term } => {
+                // Already open: nothing to do.
+                self.closed.as_ref()?;
                 let started = Instant::now();
                 let lease = self.lock.lease();
                 match self.gate.open(term, lease).await {
                     Ok(()) => {
-                        let open_us = started.elapsed().as_micros() as u64;
-                        info!(lock = %name, term, reason = "acquired", open_us, "lock acquired: gated routes are open");
-                        if let Some(since) = self.contend_since.take() {
-                            metrics::histogram!(m::FAILOVER_SECONDS, "lock" => name.clone())
-                                .record(since.elapsed().as_secs_f64());
-                        }
-                        self.held_since = Some((Instant::now(), 0));
-                        self.record_transition("active", "acquired");
-                        metrics::gauge!(m::LOCK_HELD, "lock" => name.clone()).set(1.0);
-                        metrics::gauge!(m::LOCK_TERM, "lock" => name.clone()).set(term as f64);
-                        systemd::status(&format!("lock {name}: active term {term}"));
-                        self.publish("active", "active".to_owned(), "acquired".to_owned());
+                        self.closed = None;
+                        self.opened(term, started);
+                        None
                     }
                     Err(e) => {
+                        // `open` left nothing bound; make that the proof.
+                        self.closed = Some(gate::close(&mut self.gate, "bind_failed").await);
                         error!(lock = %name, term, error = %e, "cannot open a gated route after acquiring the lock; releasing it so the peer can serve");
-                        self.give_up(Release::BindFailed).await;
-                        self.hold_off_until = Some(
-                            Instant::now() + self.cfg.check_period * BIND_FAILURE_HOLD_OFF_PERIODS,
-                        );
+                        Some(Event::OpenFailed)
                     }
                 }
             }
-            Err(e) => {
-                metrics::counter!(m::LOCK_BACKEND_ERRORS, "lock" => name.clone(), "reason" => e.reason()).increment(1);
-                let text = e.to_string();
-                if self.last_error.as_ref() != Some(&text) {
-                    warn!(lock = %name, error = %text, "cannot contend for the lock; retrying every check-period");
-                    self.last_error = Some(text);
-                } else {
-                    debug!(lock = %name, error = %text, "still cannot contend for the lock");
+            Action::CloseGate(why) => {
+                if self.closed.is_none() {
+                    let label = match why {
+                        Release::Lost(_) => "lock_lost",
+                        other => other.reason(),
+                    };
+                    self.closed = Some(gate::close(&mut self.gate, label).await);
                 }
-                self.hold_off_until = Some(Instant::now() + self.cfg.check_period);
+                if let Release::Lost(reason) = why {
+                    // Fenced: now say why; giving back what is left may take a while.
+                    let error = self.lost.take().map(|e| e.to_string()).unwrap_or_default();
+                    warn!(lock = %name, term = self.machine.term, reason, error = %error, "lock lost: gated routes fenced");
+                    self.ended_holding();
+                    self.record_transition("standby", reason);
+                    self.publish_standby(&format!("lost: {reason}"));
+                }
+                None
+            }
+            Action::DrainGate { drain } => {
+                if self.closed.is_none() {
+                    info!(lock = %name, term = self.machine.term, drain_ms = drain.as_millis() as u64, "draining for a step-down");
+                    let closed = tokio::select! {
+                        c = gate::drain(&mut self.gate, drain) => c,
+                        _ = shutdown.cancelled() => {
+                            info!(lock = %name, "shutdown during a step-down drain: resetting what is left");
+                            gate::close(&mut self.gate, "shutdown").await
+                        }
+                    };
+                    self.closed = Some(closed);
+                }
+                None
+            }
+            Action::ReleaseLock(why) => {
+                let closed = match self.closed.take() {
+                    Some(c) => c,
+                    None => {
+                        // Unreachable through `Machine::next`; the lock still waits for the
+                        // gate.
+                        error!(lock = %name, "release asked with the gate open; closing it first");
+                        gate::close(&mut self.gate, why.reason()).await
+                    }
+                };
+                self.lock.release(&closed).await;
+                self.closed = Some(closed);
+                match why {
+                    Release::Lost(_) => {}
+                    Release::Unwanted => {
+                        debug!(lock = %name, "a lock that arrived unwanted was given back")
+                    }
+                    why => {
+                        info!(lock = %name, term = self.machine.term, reason = why.reason(), "lock released");
+                        self.ended_holding();
+                        self.record_transition("standby", why.reason());
+                        self.publish_standby(&format!("released: {}", why.reason()));
+                    }
+                }
+                None
+            }
+            Action::Check => match self.lock.check().await {
+                Ok(()) => None,
+                Err(e) => {
+                    let reason = e.reason();
+                    self.lost = Some(e);
+                    Some(Event::Lost { reason })
+                }
+            },
+            Action::StartHoldOff(h) => {
+                let d = match h {
+                    HoldOff::Periods(n) => self.cfg.check_period.saturating_mul(n),
+                    HoldOff::For(d) => d,
+                };
+                self.hold_off_until = Instant::now().checked_add(d);
+                None
+            }
+            Action::CancelHoldOff => {
+                self.hold_off_until = None;
+                None
             }
         }
     }
 
-    /// The lock went away under us: fence at once, then drop what is left of it.
-    async fn lost(&mut self, e: LockError) {
+    /// The gate opened after acquiring: say so, count it.
+    fn opened(&mut self, term: u64, started: Instant) {
         let name = self.cfg.name.clone();
-        warn!(lock = %name, term = self.term, reason = e.reason(), error = %e, "lock lost: fencing gated routes");
-        self.gate.close("lock_lost").await;
-        self.held = false;
-        self.count_held_seconds();
-        self.held_since = None;
-        // Fenced: say so now; giving back what is left of the lock may take a while.
-        self.record_transition("standby", e.reason());
-        self.publish_standby(&format!("lost: {}", e.reason()));
-        self.lock.release().await;
+        let open_us = started.elapsed().as_micros() as u64;
+        self.last_error = None;
+        info!(lock = %name, term, reason = "acquired", open_us, "lock acquired: gated routes are open");
+        if let Some(since) = self.contend_since.take() {
+            metrics::histogram!(m::FAILOVER_SECONDS, "lock" => name.clone())
+                .record(since.elapsed().as_secs_f64());
+        }
+        self.held_since = Some((Instant::now(), 0));
+        self.record_transition("active", "acquired");
+        metrics::gauge!(m::LOCK_HELD, "lock" => name.clone()).set(1.0);
+        metrics::gauge!(m::LOCK_TERM, "lock" => name.clone()).set(term as f64);
+        systemd::status(&format!("lock {name}: active term {term}"));
+        self.publish("active", "active".to_owned(), "acquired".to_owned());
     }
 
-    /// Gives the lock back: gate closed first, then the lock.
-    async fn give_up(&mut self, why: Release) {
-        self.gate.close(why.reason()).await;
-        self.released(why).await;
+    /// Logs a contention error once while it persists, and counts every one.
+    fn acquire_error(&mut self, e: LockError) {
+        let name = &self.cfg.name;
+        metrics::counter!(m::LOCK_BACKEND_ERRORS, "lock" => name.clone(), "reason" => e.reason())
+            .increment(1);
+        let text = e.to_string();
+        if self.last_error.as_ref() != Some(&text) {
+            warn!(lock = %name, error = %text, "cannot contend for the lock; retrying every check-period");
+            self.last_error = Some(text);
+        } else {
+            debug!(lock = %name, error = %text, "still cannot contend for the lock");
+        }
     }
 
-    /// After the gate is closed: release the lock and say so.
-    async fn released(&mut self, why: Release) {
-        let name = self.cfg.name.clone();
-        self.lock.release().await;
-        self.held = false;
+    /// Publishes the standby reasons no release already published.
+    fn report(&mut self, before: Machine, after: Machine) {
+        if before.phase == after.phase || self.published {
+            return;
+        }
+        match after.phase {
+            Phase::Contending => self.publish_standby("contending"),
+            Phase::Idle => self.publish_standby("broker down"),
+            Phase::HoldingOff => self.publish_standby("holding off"),
+            Phase::Active { .. } | Phase::Stopped => {}
+        }
+    }
+
+    fn ended_holding(&mut self) {
         self.count_held_seconds();
         self.held_since = None;
-        info!(lock = %name, term = self.term, reason = why.reason(), "lock released");
-        self.record_transition("standby", why.reason());
-        self.publish_standby(&format!("released: {}", why.reason()));
     }
 
     fn record_transition(&self, to: &'static str, reason: &'static str) {
@@ -359,7 +705,8 @@ impl<G: Gate> Coordinator<G> {
             .increment(1);
     }
 
-    fn publish_standby(&self, why: &str) {
+    fn publish_standby(&mut self, why: &str) {
+        self.published = true;
         metrics::gauge!(m::LOCK_HELD, "lock" => self.cfg.name.clone()).set(0.0);
         systemd::status(&format!("lock {}: standby ({why})", self.cfg.name));
         self.publish("standby", format!("standby ({why})"), why.to_owned());
@@ -368,7 +715,7 @@ impl<G: Gate> Coordinator<G> {
     /// Updates the state the admin endpoint shows.
     fn publish(&self, to: &'static str, state: String, reason: String) {
         let now = crate::lock::unix_ms_now();
-        let (held, term) = (self.held, self.term);
+        let (held, term) = (self.machine.holds(), self.machine.term);
         self.state.send_modify(|s| {
             if s.state != state {
                 s.since_unix_ms = now;
@@ -399,71 +746,231 @@ impl<G: Gate> Coordinator<G> {
             }
         }
     }
+}
 
-    async fn command(&mut self, cmd: Command) {
-        let name = self.cfg.name.clone();
-        match cmd {
-            Command::StepDown {
-                drain,
-                hold_off,
-                reply,
-            } => {
-                self.hold_off_until = Some(Instant::now() + hold_off);
-                let answer = if self.held {
-                    info!(lock = %name, term = self.term, drain_ms = drain.as_millis() as u64, hold_off_ms = hold_off.as_millis() as u64, "stepping down");
-                    self.gate.drain_close(drain).await;
-                    self.released(Release::StepDown).await;
-                    format!(
-                        "stepped down from term {}; not contending for {} ms",
-                        self.term,
-                        hold_off.as_millis()
-                    )
-                } else {
-                    format!(
-                        "not holding the lock; not contending for {} ms",
-                        hold_off.as_millis()
-                    )
-                };
-                if self.contending {
-                    self.lock.withdraw();
-                    self.contending = false;
-                    self.contend_since = None;
-                    self.publish_standby("holding off");
-                }
-                let _ = reply.send(answer);
-            }
-            Command::Resume { reply } => {
-                self.hold_off_until = None;
-                info!(lock = %name, "resuming contention");
-                let _ = reply.send("contending".to_owned());
-            }
-        }
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::Action::*;
     use super::*;
 
+    const D: Duration = Duration::from_millis(100);
+    const H: Duration = Duration::from_millis(5000);
+
+    fn m(phase: Phase, healthy: bool) -> Machine {
+        Machine {
+            phase,
+            healthy,
+            term: 3,
+        }
+    }
+
+    /// Every (phase, event) pair that does something, with what it must do.
     #[test]
-    fn plan_table() {
-        // held, healthy, holding_off => plan
-        let table = [
-            (false, false, false, Plan::Withdraw),
-            (false, false, true, Plan::Withdraw),
-            (false, true, false, Plan::Contend),
-            (false, true, true, Plan::Withdraw),
-            (true, true, false, Plan::Check),
-            (true, true, true, Plan::Check),
-            (true, false, false, Plan::Release(Release::Health)),
-            (true, false, true, Plan::Release(Release::Health)),
+    fn transition_table() {
+        use Phase::*;
+        let active = Active { term: 3 };
+        let table: Vec<(Machine, Event, Phase, Vec<Action>)> = vec![
+            (
+                m(Idle, false),
+                Event::Health(true),
+                Contending,
+                vec![Contend { last_term: 3 }],
+            ),
+            (m(Idle, false), Event::Health(false), Idle, vec![]),
+            (
+                m(Contending, true),
+                Event::Health(false),
+                Idle,
+                vec![Withdraw],
+            ),
+            (
+                m(Contending, true),
+                Event::Acquired { term: 4 },
+                Active { term: 4 },
+                vec![OpenGate { term: 4 }],
+            ),
+            (
+                m(Contending, true),
+                Event::AcquireFailed,
+                HoldingOff,
+                vec![Withdraw, StartHoldOff(HoldOff::Periods(1))],
+            ),
+            (
+                m(active, true),
+                Event::Health(false),
+                Idle,
+                vec![CloseGate(Release::Health), ReleaseLock(Release::Health)],
+            ),
+            (
+                m(active, true),
+                Event::Lost {
+                    reason: "lease_expired",
+                },
+                Contending,
+                vec![
+                    CloseGate(Release::Lost("lease_expired")),
+                    ReleaseLock(Release::Lost("lease_expired")),
+                    Contend { last_term: 3 },
+                ],
+            ),
+            (
+                m(active, true),
+                Event::OpenFailed,
+                HoldingOff,
+                vec![
+                    CloseGate(Release::BindFailed),
+                    ReleaseLock(Release::BindFailed),
+                    StartHoldOff(HoldOff::Periods(2)),
+                ],
+            ),
+            (m(active, true), Event::Tick, active, vec![Check]),
+            (
+                m(active, true),
+                Event::StepDown {
+                    drain: D,
+                    hold_off: H,
+                },
+                HoldingOff,
+                vec![
+                    DrainGate { drain: D },
+                    ReleaseLock(Release::StepDown),
+                    StartHoldOff(HoldOff::For(H)),
+                ],
+            ),
+            (
+                m(Contending, true),
+                Event::StepDown {
+                    drain: D,
+                    hold_off: H,
+                },
+                HoldingOff,
+                vec![Withdraw, StartHoldOff(HoldOff::For(H))],
+            ),
+            (
+                m(Idle, false),
+                Event::StepDown {
+                    drain: D,
+                    hold_off: H,
+                },
+                HoldingOff,
+                vec![StartHoldOff(HoldOff::For(H))],
+            ),
+            (
+                m(HoldingOff, true),
+                Event::HoldOffEnded,
+                Contending,
+                vec![Contend { last_term: 3 }],
+            ),
+            (m(HoldingOff, false), Event::HoldOffEnded, Idle, vec![]),
+            (
+                m(HoldingOff, true),
+                Event::Resume,
+                Contending,
+                vec![CancelHoldOff, Contend { last_term: 3 }],
+            ),
+            (
+                m(HoldingOff, true),
+                Event::Acquired { term: 9 },
+                HoldingOff,
+                vec![ReleaseLock(Release::Unwanted)],
+            ),
+            (
+                m(Idle, false),
+                Event::Acquired { term: 9 },
+                Idle,
+                vec![ReleaseLock(Release::Unwanted)],
+            ),
+            (
+                m(active, true),
+                Event::Shutdown,
+                Stopped,
+                vec![CloseGate(Release::Shutdown), ReleaseLock(Release::Shutdown)],
+            ),
+            (
+                m(Contending, true),
+                Event::Shutdown,
+                Stopped,
+                vec![Withdraw],
+            ),
+            (m(HoldingOff, true), Event::Shutdown, Stopped, vec![]),
+            (m(Stopped, true), Event::Health(false), Stopped, vec![]),
+            (
+                m(Contending, true),
+                Event::Lost { reason: "x" },
+                Contending,
+                vec![],
+            ),
         ];
-        for (held, healthy, off, want) in table {
+        for (from, event, phase, actions) in table {
+            let (to, got) = from.next(event);
             assert_eq!(
-                plan(held, healthy, off),
-                want,
-                "held={held} healthy={healthy} off={off}"
+                (to.phase, got.to_vec()),
+                (phase, actions),
+                "{from:?} + {event:?}"
             );
+        }
+    }
+
+    fn all_events() -> Vec<Event> {
+        vec![
+            Event::Health(true),
+            Event::Health(false),
+            Event::Acquired { term: 7 },
+            Event::AcquireFailed,
+            Event::Lost { reason: "x" },
+            Event::OpenFailed,
+            Event::Tick,
+            Event::HoldOffEnded,
+            Event::StepDown {
+                drain: D,
+                hold_off: H,
+            },
+            Event::Resume,
+            Event::Shutdown,
+        ]
+    }
+
+    /// In every phase and for every event: the gate is closed before the lock is released,
+    /// nothing is released that is not held (except an unwanted arrival, gate closed), and
+    /// leaving `Active` always closes the gate.
+    #[test]
+    fn release_only_after_close_for_every_pair() {
+        use Phase::*;
+        for phase in [Idle, HoldingOff, Contending, Active { term: 3 }, Stopped] {
+            for healthy in [false, true] {
+                for event in all_events() {
+                    let from = m(phase, healthy);
+                    let (to, actions) = from.next(event);
+                    let list = actions.to_vec();
+                    let close = list
+                        .iter()
+                        .position(|a| matches!(a, CloseGate(_) | DrainGate { .. }));
+                    let release = list.iter().position(|a| matches!(a, ReleaseLock(_)));
+                    if from.holds() && !to.holds() {
+                        assert!(
+                            close.is_some() && release.is_some(),
+                            "{from:?} + {event:?}: {list:?}"
+                        );
+                    }
+                    if let (Some(r), true) = (release, from.holds()) {
+                        assert!(
+                            close.is_some_and(|c| c < r),
+                            "{from:?} + {event:?}: {list:?}"
+                        );
+                    }
+                    assert!(
+                        !list.contains(&Withdraw) || !from.holds(),
+                        "{from:?} + {event:?}: withdraw while holding"
+                    );
+                }
+            }
         }
     }
 }

@@ -2,8 +2,22 @@
 //!
 //! The coordinator contends only while the broker is up, so a dead broker behind a live
 //! lockgate still fails over.
+//!
+//! A probe that cannot run for a local reason (this process is out of file descriptors or
+//! memory: `EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`) says nothing about the broker: it counts
+//! neither as a pass nor as a failure, so it never moves the lock. The broker may be fine, and
+//! the node's live connections are; giving the lock up would reset every client of this node
+//! for a local shortage that a restart or the end of a flood cures, and a node out of
+//! descriptors cannot accept new clients but keeps serving the ones it has. It is logged as a
+//! local resource error (once per streak) and counted in
+//! `lockgate_health_check_local_errors_total`. To make it rare, the probe opens the socket of
+//! its next attempt right after each attempt: a descriptor reserved for it, taken while the
+//! process still has some.
 
-use tokio::net::TcpStream;
+use std::io;
+use std::net::SocketAddr;
+
+use tokio::net::TcpSocket;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -77,9 +91,67 @@ pub fn spawn(
     rx
 }
 
+/// What one probe found.
+#[derive(Debug)]
+enum Probe {
+    Up,
+    Down(String),
+    /// The probe could not run for a local reason; the broker's state is unknown.
+    Local(String),
+}
+
+/// An error of this process's resources, not of the broker.
+fn is_local(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+fn new_socket(addr: SocketAddr) -> io::Result<TcpSocket> {
+    if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+}
+
+/// One probe: a TCP connect within `timeout`, on the socket reserved by the previous probe
+/// when it fits; then the next probe's socket is reserved.
+async fn probe(cfg: &HealthConfig, reserved: &mut Option<(SocketAddr, TcpSocket)>) -> Probe {
+    let addr = match tokio::net::lookup_host(&cfg.address).await {
+        Ok(mut a) => match a.next() {
+            Some(a) => a,
+            None => return Probe::Down(format!("{} resolves to no address", cfg.address)),
+        },
+        Err(e) if is_local(&e) => return Probe::Local(e.to_string()),
+        Err(e) => return Probe::Down(e.to_string()),
+    };
+    let socket = match reserved.take() {
+        Some((a, s)) if a.is_ipv4() == addr.is_ipv4() => Ok(s),
+        _ => new_socket(addr),
+    };
+    let result = match socket {
+        Err(e) if is_local(&e) => Probe::Local(e.to_string()),
+        Err(e) => Probe::Down(e.to_string()),
+        Ok(socket) => match tokio::time::timeout(cfg.timeout, socket.connect(addr)).await {
+            Ok(Ok(_)) => Probe::Up,
+            Ok(Err(e)) if is_local(&e) => Probe::Local(e.to_string()),
+            Ok(Err(e)) => Probe::Down(e.to_string()),
+            Err(_) => Probe::Down(format!("no answer within {} ms", cfg.timeout.as_millis())),
+        },
+    };
+    // The probe's connection is closed by now: its descriptor becomes the next probe's.
+    *reserved = new_socket(addr).ok().map(|s| (addr, s));
+    result
+}
+
 async fn probe_loop(lock: &str, cfg: &HealthConfig, tx: &watch::Sender<bool>) {
     let up_gauge = metrics::gauge!(m::HEALTH_CHECK_UP, "lock" => lock.to_owned());
     let failures = metrics::counter!(m::HEALTH_CHECK_FAILURES, "lock" => lock.to_owned());
+    let local_errors = metrics::counter!(m::HEALTH_CHECK_LOCAL_ERRORS, "lock" => lock.to_owned());
+    let mut reserved = None;
+    let mut local_streak = false;
     up_gauge.set(0.0);
     info!(lock, address = %cfg.address, rise = cfg.rise, "waiting for the local broker's health check before contending for the lock");
     let mut state = RiseFall::new(cfg.rise, cfg.fall);
@@ -88,12 +160,22 @@ async fn probe_loop(lock: &str, cfg: &HealthConfig, tx: &watch::Sender<bool>) {
     let mut last_error: Option<String> = None;
     loop {
         ticker.tick().await;
-        let result = match tokio::time::timeout(cfg.timeout, TcpStream::connect(&cfg.address)).await
-        {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {} ms", cfg.timeout.as_millis())),
+        let result = match probe(cfg, &mut reserved).await {
+            Probe::Up => Ok(()),
+            Probe::Down(e) => Err(e),
+            Probe::Local(e) => {
+                local_errors.increment(1);
+                if !local_streak {
+                    warn!(lock, address = %cfg.address, error = %e, "health probe could not run: a local resource error on this node (out of file descriptors or memory), not a broker failure; it counts neither way and the lock stays where it is");
+                    local_streak = true;
+                }
+                continue;
+            }
         };
+        if local_streak {
+            info!(lock, address = %cfg.address, "health probes run again");
+            local_streak = false;
+        }
         if let Err(e) = &result {
             failures.increment(1);
             if last_error.as_deref() != Some(e) {

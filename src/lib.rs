@@ -6,8 +6,11 @@
 //!   [`lock::zookeeper`]: ephemeral-sequential nodes, fencing before the session can expire).
 //! - [`lease`]: until when a holder may forward without confirming its lock again.
 //! - [`health`]: the local broker's probe, with rise/fall.
-//! - [`coordinator`]: contends while healthy; opens its [`coordinator::Gate`] only while it
-//!   holds the lock and closes it before the lock can go elsewhere.
+//! - [`coordinator`]: a pure state machine ([`coordinator::Machine::next`]) and the task that
+//!   drives it: contends while healthy, opens its gate only while it holds the lock, closes
+//!   it before the lock can go elsewhere.
+//! - [`gate`]: the [`gate::Gate`] trait and [`gate::Closed`], the proof a lock's `release`
+//!   takes, so the lock cannot be given back while the gate is open.
 //! - [`route`]: listeners; gated routes implement the `Gate`, open routes are always bound.
 //! - [`forward`]: the data path (splice(2) through pooled pipes on Linux, a lazily buffered
 //!   copy elsewhere, PROXY v2), half-close both ways; knows nothing of locks beyond checking
@@ -26,6 +29,7 @@ pub mod app;
 pub mod config;
 pub mod coordinator;
 pub mod forward;
+pub mod gate;
 pub mod health;
 pub mod lease;
 pub mod lock;

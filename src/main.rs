@@ -81,12 +81,9 @@ fn main() -> ExitCode {
         | Command::StepDown { config, .. }
         | Command::Resume { config, .. } => config,
     };
-    let config = match Config::load(path) {
+    let config = match load(path) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("lockgate: config error: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
     match cli.command {
         Command::Check { .. } => {
@@ -99,6 +96,8 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             print!("{}", runtime.block_on(lockgate::status::report(&config)));
+            // A read stuck on a hung mount keeps its blocking thread: do not wait for it.
+            runtime.shutdown_background();
             ExitCode::SUCCESS
         }
         Command::Run { .. } => run(config),
@@ -115,11 +114,59 @@ fn main() -> ExitCode {
             if let Some(v) = drain_ms {
                 query.push(format!("drain-ms={v}"));
             }
-            let path = format!("/locks/{lock}/step-down?{}", query.join("&"));
+            let path = format!("/locks/{}/step-down?{}", encode(&lock), query.join("&"));
             admin_post(&config, &path)
         }
-        Command::Resume { lock, .. } => admin_post(&config, &format!("/locks/{lock}/resume")),
+        Command::Resume { lock, .. } => {
+            admin_post(&config, &format!("/locks/{}/resume", encode(&lock)))
+        }
     }
+}
+
+/// Loads the config on a thread of its own within `LOAD_BOUND`: validation checks the locks
+/// folder, which may hang on a dead shared mount. Exit 2 for a bad config, 1 for storage that
+/// does not answer (the stuck thread is left behind; exiting ends it).
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let owned = path.to_path_buf();
+    let spawned = std::thread::Builder::new()
+        .name("lockgate-load".to_owned())
+        .spawn(move || {
+            let _ = tx.send(Config::load(&owned));
+        });
+    if let Err(e) = spawned {
+        eprintln!("lockgate: cannot start a thread: {e}");
+        return Err(ExitCode::from(EXIT_RUNTIME));
+    }
+    match rx.recv_timeout(lockgate::config::LOAD_BOUND) {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => {
+            eprintln!("lockgate: config error: {e}");
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+        Err(_) => {
+            eprintln!(
+                "lockgate: storage not answering: reading {} and its locks folders took longer than {} ms (a hung shared mount?)",
+                path.display(),
+                lockgate::config::LOAD_BOUND.as_millis()
+            );
+            Err(ExitCode::from(EXIT_RUNTIME))
+        }
+    }
+}
+
+/// Percent-encodes a lock name for one path segment: every byte but RFC 3986's unreserved
+/// ones, so a name with a space, `/`, `?`, `#` or `%` reaches the daemon intact.
+fn encode(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Builds a tokio runtime, or says why it cannot.
@@ -138,8 +185,24 @@ fn run(config: Config) -> ExitCode {
     let result = runtime.block_on(async {
         let shutdown = shutdown_signal()?;
         let reloads = reload_signal()?;
-        lockgate::run_with_reload(config, shutdown, reloads).await
+        // Registered after the first signal, so only a second one completes it.
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            shutdown.await;
+            let _ = first_tx.send(());
+        };
+        let hurry = async move {
+            let _ = first_rx.await;
+            match shutdown_signal() {
+                Ok(second) => second.await,
+                Err(_) => std::future::pending().await,
+            }
+        };
+        lockgate::run_with_reload(config, shutdown, hurry, reloads).await
     });
+    // Everything has stopped in order; a blocking thread still stuck in the kernel (a read of
+    // a hung shared mount) must not hold the exit: do not join it.
+    runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -16,17 +16,21 @@ pub const LOCK_BACKEND_UP: &str = "lockgate_lock_backend_up";
 pub const FAILOVER_SECONDS: &str = "lockgate_failover_seconds";
 pub const HEALTH_CHECK_UP: &str = "lockgate_health_check_up";
 pub const HEALTH_CHECK_FAILURES: &str = "lockgate_health_check_failures_total";
+pub const HEALTH_CHECK_LOCAL_ERRORS: &str = "lockgate_health_check_local_errors_total";
+pub const ADMIN_CONNECTIONS_REFUSED: &str = "lockgate_admin_connections_refused_total";
 pub const ROUTE_LISTENING: &str = "lockgate_route_listening";
 pub const ROUTE_BIND_ERRORS: &str = "lockgate_route_bind_errors_total";
 pub const CONNECTIONS_ACTIVE: &str = "lockgate_connections_active";
 pub const CONNECTIONS: &str = "lockgate_connections_total";
 pub const CONNECTIONS_KILLED: &str = "lockgate_connections_killed_total";
+pub const CONNECTIONS_TIMED_OUT: &str = "lockgate_connections_timed_out_total";
 pub const FORWARDED_BYTES: &str = "lockgate_forwarded_bytes_total";
 pub const UPSTREAM_CONNECT_ERRORS: &str = "lockgate_upstream_connect_errors_total";
 pub const UPSTREAM_CONNECT_SECONDS: &str = "lockgate_upstream_connect_seconds";
 pub const ACCEPT_ERRORS: &str = "lockgate_accept_errors_total";
 pub const CONFIG_RELOADS: &str = "lockgate_config_reloads_total";
 pub const CONFIG_RELOAD_ERRORS: &str = "lockgate_config_reload_errors_total";
+pub const LOCK_IDENTITY_CHANGES: &str = "lockgate_lock_identity_changes_total";
 pub const BUILD_INFO: &str = "lockgate_build_info";
 
 /// Installs the Prometheus recorder (once per process) and registers help text.
@@ -87,6 +91,14 @@ pub fn describe() {
         HEALTH_CHECK_FAILURES,
         "Failed health probes of the local broker."
     );
+    describe_counter!(
+        HEALTH_CHECK_LOCAL_ERRORS,
+        "Health probes that could not run for a local reason (out of file descriptors or memory on this node); they count neither for nor against the broker."
+    );
+    describe_counter!(
+        ADMIN_CONNECTIONS_REFUSED,
+        "Admin connections closed on arrival, by reason: limit (max-connections reached), fd_reserve (the process is near its descriptor limit)."
+    );
     describe_gauge!(ROUTE_LISTENING, "1 while the route's listener is bound.");
     describe_counter!(
         ROUTE_BIND_ERRORS,
@@ -97,6 +109,10 @@ pub fn describe() {
     describe_counter!(
         CONNECTIONS_KILLED,
         "Connections reset by lockgate, by reason."
+    );
+    describe_counter!(
+        CONNECTIONS_TIMED_OUT,
+        "Connections closed by a route timeout, by reason: client_inactive, server_inactive, tunnel_inactive (client-, server-, tunnel-timeout-ms), half_close (half-close-timeout-ms), peer_unresponsive (tcp-user-timeout-ms or keepalive: the kernel gave up on a leg)."
     );
     describe_counter!(
         FORWARDED_BYTES,
@@ -120,6 +136,10 @@ pub fn describe() {
     describe_counter!(
         CONFIG_RELOAD_ERRORS,
         "Configuration reloads refused (the old configuration keeps running)."
+    );
+    describe_counter!(
+        LOCK_IDENTITY_CHANGES,
+        "Reloads that changed what names a lock (lock-id, type, locks-folder, connect-string, namespace): until every node agrees, two nodes may each hold a lock of that name."
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label.");
 }

@@ -6,12 +6,32 @@ use std::fmt::Write as _;
 use crate::config::Config;
 use crate::lock::{self, Observed, OwnerRecord};
 
-/// One line per lock coordinator (plus one per queued standby).
+/// The bound on reading one lock's holder: a hung shared mount or an unreachable ensemble is
+/// reported as "storage not answering" instead of hanging the command.
+pub const OBSERVE_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// One line per lock coordinator (plus one per queued standby), within [`OBSERVE_BOUND`] per
+/// lock. A read that overruns keeps its blocking thread; the caller must not wait for it (the
+/// command exits without joining the runtime's blocking threads).
 pub async fn report(config: &Config) -> String {
     let now = lock::unix_ms_now();
     let mut out = String::new();
     for c in &config.coordinators {
-        let (line, queue) = match lock::observe(c).await {
+        let observed = match tokio::time::timeout(OBSERVE_BOUND, lock::observe(c)).await {
+            Ok(r) => r,
+            Err(_) => {
+                let _ = writeln!(
+                    out,
+                    "{} ({} lock-id {}): unknown: storage not answering within {} ms",
+                    c.name,
+                    c.backend.type_name(),
+                    c.lock_id,
+                    OBSERVE_BOUND.as_millis()
+                );
+                continue;
+            }
+        };
+        let (line, queue) = match observed {
             Ok((Observed::Held(Some(r)), q)) => (format!("held by {}", describe(&r, now)), q),
             Ok((Observed::Held(None), q)) => ("held (owner record not readable yet)".to_owned(), q),
             Ok((Observed::Free(Some(r)), q)) => {

@@ -44,5 +44,8 @@ pub fn watchdog_interval() -> Option<std::time::Duration> {
     {
         return None;
     }
-    (usec > 0).then(|| std::time::Duration::from_micros(usec / 2))
+    // A tiny WATCHDOG_USEC must not make a zero interval (tokio panics on one).
+    (usec > 0).then(|| {
+        std::time::Duration::from_micros(usec / 2).max(std::time::Duration::from_millis(1))
+    })
 }

@@ -67,7 +67,8 @@ fn shipped_configs_are_valid_and_explain_failover() {
     let mut files = vec![root.join("config/lockgate.toml")];
     files.extend(toml_files(&root.join("config/examples/ha-pair")));
     files.extend(toml_files(&root.join("config/examples/ha-pair-zookeeper")));
-    assert!(files.len() >= 5, "{files:?}");
+    files.extend(toml_files(&root.join("config/examples/artemis-ha-mirror")));
+    assert!(files.len() >= 7, "{files:?}");
     for file in files {
         let out = check(&file);
         let stdout = String::from_utf8_lossy(&out.stdout);

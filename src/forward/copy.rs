@@ -34,7 +34,10 @@ pub(super) async fn pump(d: &Direction<'_>, pending: Vec<u8>) -> Result<Moved, F
                         d.end()?;
                         return Ok(Moved { total, spliced: 0 });
                     }
-                    Ok(_) => b,
+                    Ok(_) => {
+                        d.read_some();
+                        b
+                    }
                     // Nothing more to read for now: give the buffer back while idle.
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         buf = None;
@@ -67,9 +70,13 @@ pub(super) async fn write_out(d: &Direction<'_>, bytes: &[u8]) -> Result<(), For
             Ok(n) => {
                 at += n;
                 d.counter.increment(n as u64);
+                d.wrote_some();
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                writable(d.to).await.map_err(ForwardError::io(d.to_side))?
+                d.waiting_for_room(true);
+                let room = writable(d.to).await;
+                d.waiting_for_room(false);
+                room.map_err(ForwardError::io(d.to_side))?
             }
             Err(e) => return Err(ForwardError::io(d.to_side)(e)),
         }

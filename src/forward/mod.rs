@@ -6,6 +6,10 @@
 //!   direction keeps flowing, so a client that shuts its write side still gets the whole reply
 //!   (when both have ended, the second FIN is the caller's close of both sockets);
 //! - once one direction has ended, the other may run for at most `half_close_timeout`;
+//! - a leg on which nothing moved (no byte read from it, none written to it) for its
+//!   inactivity timeout ends the connection (HAProxy's `timeout client` and `timeout server`);
+//!   with a tunnel timeout, only a connection on which nothing moved either way for that long
+//!   (`timeout tunnel`);
 //! - an error names the side that failed; the caller then resets both legs;
 //! - an idle direction holds no buffer and no pipe: they are taken when bytes arrive and given
 //!   back when the source has nothing more to read.
@@ -26,7 +30,7 @@ pub mod proxy_protocol;
 pub mod splice;
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use metrics::Counter;
@@ -64,6 +68,37 @@ pub enum ForwardError {
     HalfCloseTimeout(Duration),
     #[error("the lease to forward ran out (lock not confirmed in time)")]
     LeaseExpired,
+    #[error("nothing moved on the {which} for {after:?}")]
+    Inactive { which: Inactivity, after: Duration },
+}
+
+/// Which inactivity timeout ended a connection; also the `reason` label of
+/// `lockgate_connections_timed_out_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inactivity {
+    Client,
+    Server,
+    Tunnel,
+}
+
+impl Inactivity {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Inactivity::Client => "client_inactive",
+            Inactivity::Server => "server_inactive",
+            Inactivity::Tunnel => "tunnel_inactive",
+        }
+    }
+}
+
+impl std::fmt::Display for Inactivity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Inactivity::Client => "client leg",
+            Inactivity::Server => "server leg",
+            Inactivity::Tunnel => "connection",
+        })
+    }
 }
 
 impl ForwardError {
@@ -95,6 +130,134 @@ pub struct Settings {
     pub half_close_timeout: Duration,
     /// Use splice(2) where the platform has it; `false` forces the copy path.
     pub zero_copy: bool,
+    /// When an idle connection is closed.
+    pub idle: Idle,
+}
+
+/// Inactivity timeouts, in HAProxy's terms, in milliseconds (a `u32` holds the configured
+/// bound of one week, and keeps a connection's future small).
+#[derive(Debug, Clone, Copy)]
+pub enum Idle {
+    /// Each leg on its own: nothing read from or written to the client for `client_ms`, or
+    /// the server for `server_ms`.
+    Legs { client_ms: u32, server_ms: u32 },
+    /// The whole connection: nothing moved either way for this long.
+    Tunnel { ms: u32 },
+}
+
+impl Idle {
+    /// From configured durations; a value past `u32::MAX` ms (not accepted by the config)
+    /// saturates.
+    pub fn new(client: Duration, server: Duration, tunnel: Option<Duration>) -> Idle {
+        let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+        match tunnel {
+            Some(t) => Idle::Tunnel { ms: ms(t) },
+            None => Idle::Legs {
+                client_ms: ms(client),
+                server_ms: ms(server),
+            },
+        }
+    }
+}
+
+/// State the two directions of one connection share: whether one has ended, and when each leg
+/// last moved a byte (milliseconds of the coarse monotonic clock, stamped after every read and
+/// write, read by the inactivity watch).
+struct Shared {
+    one_ended: AtomicBool,
+    client: AtomicU64,
+    server: AtomicU64,
+    /// A direction waits for room on its destination: its source leg is not expected to move
+    /// meanwhile, so only the destination's timeout runs (as in HAProxy: the client is not
+    /// blamed for a server that does not read).
+    waiting_on_server: AtomicBool,
+    waiting_on_client: AtomicBool,
+}
+
+/// The coarse monotonic clock in milliseconds: a vDSO read of the last tick, cheap enough to
+/// take after every system call of the data path.
+fn coarse_ms() -> u64 {
+    #[cfg(target_os = "linux")]
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    #[cfg(not(target_os = "linux"))]
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64)
+        .saturating_mul(1000)
+        .saturating_add(t.tv_nsec as u64 / 1_000_000)
+}
+
+impl Shared {
+    fn new() -> Shared {
+        let now = coarse_ms();
+        Shared {
+            one_ended: AtomicBool::new(false),
+            client: AtomicU64::new(now),
+            server: AtomicU64::new(now),
+            waiting_on_server: AtomicBool::new(false),
+            waiting_on_client: AtomicBool::new(false),
+        }
+    }
+
+    fn mark(&self, side: Side) {
+        let leg = match side {
+            Side::Downstream => &self.client,
+            Side::Upstream => &self.server,
+        };
+        leg.store(coarse_ms(), Ordering::Relaxed);
+    }
+
+    /// The next moment an inactivity timeout could fire, and which one.
+    fn deadline(&self, idle: Idle) -> (u64, Inactivity, u32) {
+        let now = coarse_ms();
+        // A leg whose direction waits on the other leg counts as moving now.
+        let fresh = |leg: &AtomicU64, excused: &AtomicBool| {
+            if excused.load(Ordering::Relaxed) {
+                now
+            } else {
+                leg.load(Ordering::Relaxed)
+            }
+        };
+        let client = fresh(&self.client, &self.waiting_on_server);
+        let server = fresh(&self.server, &self.waiting_on_client);
+        let at = |last: u64, ms: u32| last.saturating_add(u64::from(ms));
+        match idle {
+            Idle::Tunnel { ms } => (at(client.max(server), ms), Inactivity::Tunnel, ms),
+            Idle::Legs {
+                client_ms,
+                server_ms,
+            } => {
+                let (cd, sd) = (at(client, client_ms), at(server, server_ms));
+                if cd <= sd {
+                    (cd, Inactivity::Client, client_ms)
+                } else {
+                    (sd, Inactivity::Server, server_ms)
+                }
+            }
+        }
+    }
+}
+
+/// Resolves when an inactivity timeout fires. One timer, re-armed whenever the connection
+/// moved in the meantime. The caller boxes this future, so a connection's own future carries
+/// only a pointer to it.
+async fn inactive(activity: &Shared, idle: Idle) -> ForwardError {
+    let timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timer);
+    loop {
+        let (deadline, which, after) = activity.deadline(idle);
+        let now = coarse_ms();
+        if now >= deadline {
+            return ForwardError::Inactive {
+                which,
+                after: Duration::from_millis(after.into()),
+            };
+        }
+        // The coarse clock lags the timer by up to one tick: wake a little late rather than
+        // early.
+        let wait = Duration::from_millis(deadline - now + 5);
+        timer.as_mut().reset(tokio::time::Instant::now() + wait);
+        timer.as_mut().await;
+    }
 }
 
 /// How a direction ended on the path that started it.
@@ -124,16 +287,42 @@ struct Direction<'a> {
     /// Bytes go out only while this is valid: a holder frozen past its lease forwards
     /// nothing when it wakes.
     lease: &'a Lease,
-    /// Set by whichever direction ends first.
-    one_ended: &'a AtomicBool,
+    /// `one_ended` is set by whichever direction ends first; the activity stamps after
+    /// every read and write.
+    shared: &'a Shared,
 }
 
 impl Direction<'_> {
+    /// Bytes came from the source.
+    fn read_some(&self) {
+        self.shared.mark(self.from_side);
+    }
+
+    /// Bytes went to the destination.
+    fn wrote_some(&self) {
+        self.shared.mark(self.to_side);
+    }
+
+    /// The direction starts or stops waiting for room on its destination. Meanwhile its source
+    /// leg is excused from its inactivity timeout (it is not expected to move), and it counts
+    /// as moving when the wait ends. (Not an async fn around the wait: that would grow every
+    /// connection's future.)
+    fn waiting_for_room(&self, waiting: bool) {
+        let flag = match self.to_side {
+            Side::Upstream => &self.shared.waiting_on_server,
+            Side::Downstream => &self.shared.waiting_on_client,
+        };
+        flag.store(waiting, Ordering::Relaxed);
+        if !waiting {
+            self.shared.mark(self.from_side);
+        }
+    }
+
     /// The source ended: shut the destination's write side (a FIN), unless the other
     /// direction has ended too. Then the caller closes both sockets at once, which sends
     /// that FIN anyway (both receive queues are drained), and the system call is saved.
     fn end(&self) -> Result<(), ForwardError> {
-        if self.one_ended.swap(true, Ordering::AcqRel) {
+        if self.shared.one_ended.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
         shutdown_write(self.to).map_err(ForwardError::io(self.to_side))
@@ -148,7 +337,7 @@ pub async fn forward(
     counters: &Counters,
     lease: &Lease,
 ) -> Result<Totals, ForwardError> {
-    let one_ended = AtomicBool::new(false);
+    let shared = Shared::new();
     let up = Direction {
         from: downstream,
         from_side: Side::Downstream,
@@ -156,7 +345,7 @@ pub async fn forward(
         to_side: Side::Upstream,
         counter: &counters.to_upstream,
         lease,
-        one_ended: &one_ended,
+        shared: &shared,
     };
     let down = Direction {
         from: upstream,
@@ -165,10 +354,11 @@ pub async fn forward(
         to_side: Side::Downstream,
         counter: &counters.to_downstream,
         lease,
-        one_ended: &one_ended,
+        shared: &shared,
     };
     let up = pump(&up, settings.zero_copy);
     let down = pump(&down, settings.zero_copy);
+    let mut idle = Box::pin(inactive(&shared, settings.idle));
     tokio::pin!(up, down);
     let timeout = settings.half_close_timeout;
     // The timer exists only once a direction has ended (boxed: an open connection does not
@@ -183,6 +373,7 @@ pub async fn forward(
             tokio::select! {
                 d = &mut down => (u, d?),
                 e = late() => return Err(e),
+                e = &mut idle => return Err(e),
             }
         }
         r = &mut down => {
@@ -190,8 +381,10 @@ pub async fn forward(
             tokio::select! {
                 u = &mut up => (u?, d),
                 e = late() => return Err(e),
+                e = &mut idle => return Err(e),
             }
         }
+        e = &mut idle => return Err(e),
     };
     Ok(Totals {
         to_upstream: to_upstream.total,
@@ -263,6 +456,11 @@ mod tests {
         (a, b)
     }
 
+    const LONG_IDLE: Idle = Idle::Legs {
+        client_ms: 3_600_000,
+        server_ms: 3_600_000,
+    };
+
     fn counters() -> Counters {
         Counters {
             to_upstream: Counter::noop(),
@@ -277,6 +475,7 @@ mod tests {
         let settings = Settings {
             half_close_timeout: Duration::from_secs(30),
             zero_copy,
+            idle: LONG_IDLE,
         };
         let fwd = tokio::spawn(async move {
             let c = counters();
@@ -344,6 +543,7 @@ mod tests {
         let settings = Settings {
             half_close_timeout: Duration::from_secs(30),
             zero_copy,
+            idle: LONG_IDLE,
         };
         let lease = Lease::revoked();
         lease.set_for(crate::lease::now_ns(), Duration::from_secs(3600));
@@ -401,6 +601,125 @@ mod tests {
         nothing_written_after_the_lease_ends(true).await;
     }
 
+    /// A leg on which nothing moves ends the connection after its own timeout; traffic on a
+    /// leg (a heartbeat) keeps it; a tunnel timeout counts both legs together.
+    #[tokio::test]
+    async fn idle_legs_end_the_connection_and_heartbeats_keep_it() {
+        for zero_copy in [false, true] {
+            // The client pings every 20 ms and the server reads them: both legs move (the
+            // client's is read, the server's written), so neither times out until silence.
+            let (mut client, proxy_down) = pair().await;
+            let (proxy_up, mut server) = pair().await;
+            let settings = Settings {
+                half_close_timeout: Duration::from_secs(30),
+                zero_copy,
+                idle: Idle::Legs {
+                    client_ms: 150,
+                    server_ms: 150,
+                },
+            };
+            let c = counters();
+            let started = std::time::Instant::now();
+            let lease = Lease::unlimited();
+            let fwd = forward(&proxy_down, &proxy_up, settings, &c, &lease);
+            let pings = async {
+                let mut buf = [0u8; 64];
+                for _ in 0..25 {
+                    client.write_all(b"ping").await.unwrap();
+                    let _ = server.read(&mut buf).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                // Then silence: the connection must end within the timeout.
+                std::future::pending::<()>().await;
+            };
+            let r = tokio::select! {
+                r = fwd => r,
+                _ = pings => unreachable!(),
+            };
+            let took = started.elapsed();
+            assert!(
+                matches!(
+                    r,
+                    Err(ForwardError::Inactive {
+                        which: Inactivity::Client,
+                        ..
+                    })
+                ),
+                "{r:?}"
+            );
+            // 25 pings of 20 ms kept it (500 ms > the 150 ms timeout), silence ended it.
+            assert!(took >= Duration::from_millis(500), "{took:?}");
+            assert!(took < Duration::from_millis(1500), "{took:?}");
+        }
+        // The same pings under a tunnel timeout: any movement counts.
+        let (mut client, proxy_down) = pair().await;
+        let (proxy_up, _server) = pair().await;
+        let settings = Settings {
+            half_close_timeout: Duration::from_secs(30),
+            zero_copy: false,
+            idle: Idle::Tunnel { ms: 100 },
+        };
+        let c = counters();
+        client.write_all(b"x").await.unwrap();
+        let r = forward(&proxy_down, &proxy_up, settings, &c, &Lease::unlimited()).await;
+        assert!(
+            matches!(
+                r,
+                Err(ForwardError::Inactive {
+                    which: Inactivity::Tunnel,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
+
+    /// A server that stops reading is blamed, not the client whose bytes wait for it.
+    #[tokio::test]
+    async fn a_server_that_does_not_read_is_blamed() {
+        for zero_copy in [false, true] {
+            let (mut client, proxy_down) = pair().await;
+            let (proxy_up, _server) = pair().await;
+            socket2::SockRef::from(&proxy_up)
+                .set_send_buffer_size(16 * 1024)
+                .unwrap();
+            let settings = Settings {
+                half_close_timeout: Duration::from_secs(30),
+                zero_copy,
+                idle: Idle::Legs {
+                    client_ms: 100,
+                    server_ms: 300,
+                },
+            };
+            let c = counters();
+            let lease = Lease::unlimited();
+            let fwd = forward(&proxy_down, &proxy_up, settings, &c, &lease);
+            let flood = async {
+                let chunk = vec![1u8; 1 << 16];
+                loop {
+                    if client.write_all(&chunk).await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            };
+            let r = tokio::select! {
+                r = fwd => r,
+                _ = flood => unreachable!(),
+            };
+            // The client's timeout is the shorter one, yet the server is blamed.
+            assert!(
+                matches!(
+                    r,
+                    Err(ForwardError::Inactive {
+                        which: Inactivity::Server,
+                        ..
+                    })
+                ),
+                "{r:?}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn half_close_is_bounded() {
         let (mut client, proxy_down) = pair().await;
@@ -408,6 +727,7 @@ mod tests {
         let settings = Settings {
             half_close_timeout: Duration::from_millis(50),
             zero_copy: true,
+            idle: LONG_IDLE,
         };
         client.shutdown().await.unwrap();
         // The server never closes its side: the connection must not linger.

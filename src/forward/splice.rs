@@ -119,6 +119,7 @@ pub(super) async fn pump(d: &Direction<'_>) -> Result<Outcome, ForwardError> {
                     return Ok(Outcome::Done(moved));
                 }
                 Ok(n) => {
+                    d.read_some();
                     bulk = n >= BULK_BYTES;
                     write_out(d, b).await?;
                     moved.total += n as u64;
@@ -158,7 +159,10 @@ pub(super) async fn pump(d: &Direction<'_>) -> Result<Outcome, ForwardError> {
                 d.end()?;
                 return Ok(Outcome::Done(moved));
             }
-            Ok(n) => n,
+            Ok(n) => {
+                d.read_some();
+                n
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 // Nothing more to read for now: the pipe goes back while we wait, and the next
                 // burst starts small.
@@ -182,7 +186,10 @@ pub(super) async fn pump(d: &Direction<'_>) -> Result<Outcome, ForwardError> {
         // frozen while its destination was full moves nothing more when it wakes).
         let mut left = n;
         while left > 0 {
-            writable(d.to).await.map_err(ForwardError::io(d.to_side))?;
+            d.waiting_for_room(true);
+            let room = writable(d.to).await;
+            d.waiting_for_room(false);
+            room.map_err(ForwardError::io(d.to_side))?;
             if !d.lease.is_valid() {
                 // Not pooled again: it still holds the bytes.
                 drop(pipe);
@@ -199,6 +206,7 @@ pub(super) async fn pump(d: &Direction<'_>) -> Result<Outcome, ForwardError> {
                     moved.total += m as u64;
                     moved.spliced += m as u64;
                     d.counter.increment(m as u64);
+                    d.wrote_some();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) && moved.spliced == 0 => {

@@ -1,16 +1,30 @@
 //! The embedded lock: an exclusive `flock` (through fs2) on `<locks-folder>/<lock-id>`.
 //!
-//! A standby waits for the lock in a blocking `flock` on a thread of its own, so the kernel
-//! hands it the lock the instant the holder's process dies or releases it; `check-period` is
-//! not the takeover latency. At most one such thread exists per lock: withdrawing (health
-//! fell, hold-off, shutdown) leaves a blocked thread in place to be reused, and a lock that
-//! arrives while nobody wants it is released at once.
+//! A standby waits for the lock in a blocking `flock` (then `fcntl`) on a thread of its own, so
+//! the kernel hands it the lock the instant the holder's process dies or releases it;
+//! `check-period` is not the takeover latency. At most one such thread exists per lock:
+//! withdrawing (health fell, hold-off, shutdown) leaves a blocked thread in place to be reused,
+//! and a lock that arrives while nobody wants it is released at once.
+//!
+//! A blocked `flock` cannot be interrupted without a signal handler (unsafe code, which this
+//! crate forbids), so a `FileLock` that is stopped or dropped while its waiter is blocked
+//! (a reload re-creating a standby's coordinator, a shutdown) does not leave that thread and
+//! its descriptor behind for good: it withdraws, and parks the waiter in a process-wide table
+//! keyed by the lock file's path. The next `FileLock` on that path adopts it instead of
+//! starting another, so however many reloads re-create a coordinator, one waiter per path
+//! exists; a parked waiter that nobody adopts (the path left the config) ends the moment the
+//! lock frees, releasing it at once as unwanted.
 //!
 //! Unlike Artemis, loss is detected: each check confirms that the path still names the file
 //! we locked (same dev+inode) and that I/O on it completes within a deadline, on a blocking
 //! thread, so a hung shared mount fences instead of hanging the coordinator.
 //!
-//! `flock` is not `fcntl`: lockgate and a broker's own file lock must never share a file.
+//! Besides the `flock`, the holder takes an open-file-description `fcntl` write lock
+//! (`F_OFD_SETLK[W]`, Linux) on the whole file, on the same open file description: Java's
+//! `FileChannel.lock` (Artemis's own file lock) is a POSIX `fcntl` lock, which conflicts with an
+//! OFD lock but not with a `flock`, so with both a lockgate node and a native broker exclude
+//! each other. One description for both matters on NFS, where Linux emulates `flock` with
+//! `fcntl` locks: there two descriptions of one process would block each other.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -62,6 +76,19 @@ impl Handoff {
     }
 }
 
+impl Drop for FileLock {
+    /// Stops wanting the lock (one that already arrived is released now, one that arrives later
+    /// by the waiter itself), closes a held lock's file (which frees the flock), and parks a
+    /// still-blocked waiter for the next `FileLock` on this path.
+    fn drop(&mut self) {
+        self.withdraw();
+        self.held = None;
+        if self.handoff.lock().waiting {
+            parked().push((self.path.clone(), self.handoff.clone()));
+        }
+    }
+}
+
 /// The open, locked file and the identity it had when locked.
 struct Held {
     /// Shared with at most one blocking check at a time; the flock goes when the last
@@ -72,13 +99,30 @@ struct Held {
     term: u64,
 }
 
+/// Waiters of dropped `FileLock`s still blocked on their lock, by path, waiting to be adopted.
+static PARKED: Mutex<Vec<(PathBuf, Arc<Handoff>)>> = Mutex::new(Vec::new());
+
+fn parked() -> MutexGuard<'static, Vec<(PathBuf, Arc<Handoff>)>> {
+    PARKED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl FileLock {
     pub fn new(folder: &Path, lock_id: &str, io_timeout: Duration) -> FileLock {
+        let path = folder.join(lock_id);
+        let handoff = {
+            let mut table = parked();
+            // Waiters that ended since they were parked are gone for good.
+            table.retain(|(_, h)| h.lock().waiting);
+            match table.iter().position(|(p, _)| *p == path) {
+                Some(i) => table.swap_remove(i).1,
+                None => Arc::default(),
+            }
+        };
         FileLock {
-            path: folder.join(lock_id),
+            path,
             io_timeout,
             held: None,
-            handoff: Arc::default(),
+            handoff,
         }
     }
 
@@ -192,7 +236,8 @@ impl FileLock {
             .await
     }
 
-    pub async fn release(&mut self) {
+    /// Unlocks; only with the gate closed.
+    pub async fn release(&mut self, _gate: &crate::gate::Closed) {
         let Some(held) = self.held.take() else {
             return;
         };
@@ -201,6 +246,7 @@ impl FileLock {
         let file = held.file;
         let unlock = self
             .blocking("release", move || {
+                release_fcntl_lock(&file, &path)?;
                 fs2::FileExt::unlock(&*file).map_err(io_err(&path))
             })
             .await;
@@ -279,6 +325,7 @@ fn block_until_locked(path: &Path, handoff: &Handoff) -> Result<Option<Held>, Lo
             }
             Err(e) => return Err(err(e)),
         }
+        take_fcntl_lock(&file, path, &mut said_standby)?;
         let meta = file.metadata().map_err(&err)?;
         // The path may have been replaced while we waited: then we locked an orphan, which
         // excludes nobody. Drop it and wait on the file the path names now.
@@ -309,6 +356,63 @@ fn block_until_locked(path: &Path, handoff: &Handoff) -> Result<Option<Held>, Lo
             term,
         }));
     }
+}
+
+/// Takes the OFD `fcntl` write lock on the whole file, on the descriptor that holds the
+/// flock, waiting as long as a foreign `fcntl` lock (a JVM's `FileChannel.lock`) holds it.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn take_fcntl_lock(file: &File, path: &Path, said_standby: &mut bool) -> Result<(), LockError> {
+    use nix::fcntl::FcntlArg;
+    let whole = whole_file(libc::F_WRLCK);
+    let err = io_err(path);
+    match nix::fcntl::fcntl(file, FcntlArg::F_OFD_SETLK(&whole)) {
+        Ok(_) => return Ok(()),
+        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) => {}
+        Err(e) => return Err(err(e.into())),
+    }
+    if !*said_standby {
+        tracing::info!(file = %path.display(), "lock file is locked with fcntl by another process (a broker's own file lock?): standing by, waiting on the lock");
+        *said_standby = true;
+    }
+    loop {
+        match nix::fcntl::fcntl(file, FcntlArg::F_OFD_SETLKW(&whole)) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(err(e.into())),
+        }
+    }
+}
+
+/// Gives back the OFD `fcntl` lock (closing the descriptor would too).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn release_fcntl_lock(file: &File, path: &Path) -> Result<(), LockError> {
+    let unlock = whole_file(libc::F_UNLCK);
+    nix::fcntl::fcntl(file, nix::fcntl::FcntlArg::F_OFD_SETLK(&unlock))
+        .map(drop)
+        .map_err(|e| io_err(path)(e.into()))
+}
+
+/// A `struct flock` of type `l_type` over the whole file (`l_len` 0: to the end, as it grows).
+/// OFD locks require `l_pid` 0.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn whole_file(l_type: libc::c_int) -> libc::flock {
+    libc::flock {
+        l_type: l_type as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn take_fcntl_lock(_: &File, _: &Path, _: &mut bool) -> Result<(), LockError> {
+    Ok(())
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn release_fcntl_lock(_: &File, _: &Path) -> Result<(), LockError> {
+    Ok(())
 }
 
 /// The path still names our file, and a read of it completes.
@@ -381,7 +485,7 @@ mod tests {
             Observed::Held(Some(r)) => assert_eq!((r.term, r.node_id.as_str()), (1, "a")),
             other => panic!("unexpected {other:?}"),
         }
-        a.release().await;
+        a.release(&crate::gate::Closed::initially()).await;
         // Terms grow across holders: b's follows a's record.
         let term = tokio::time::timeout(Duration::from_secs(10), b.acquired())
             .await
@@ -402,11 +506,47 @@ mod tests {
             b.withdraw();
         }
         assert!(b.waiting(), "one waiter stays blocked");
-        a.release().await;
+        a.release(&crate::gate::Closed::initially()).await;
         // b's waiter gets the lock, finds nobody wants it, releases it and ends; then a can
         // take it again.
         assert_eq!(take(&mut a, "a").await, 2);
-        a.release().await;
+        a.release(&crate::gate::Closed::initially()).await;
+        let mut c = FileLock::new(dir.path(), "l", t);
+        assert_eq!(take(&mut c, "c").await, 3);
+    }
+
+    /// A standby's `FileLock` re-created many times (as a reload does) reuses one waiter
+    /// thread; the lock still arrives to the last one, and a dropped one never takes it.
+    #[tokio::test]
+    async fn a_dropped_standby_hands_its_waiter_to_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Duration::from_secs(5);
+        let mut a = FileLock::new(dir.path(), "l", t);
+        take(&mut a, "a").await;
+        let first = {
+            let mut b = FileLock::new(dir.path(), "l", t);
+            b.contend("b", 0);
+            Arc::as_ptr(&b.handoff)
+        };
+        for _ in 0..50 {
+            let mut b = FileLock::new(dir.path(), "l", t);
+            assert_eq!(
+                Arc::as_ptr(&b.handoff),
+                first,
+                "a second waiter was started"
+            );
+            b.contend("b", 0);
+        }
+        let mut b = FileLock::new(dir.path(), "l", t);
+        b.contend("b", 0);
+        a.release(&crate::gate::Closed::initially()).await;
+        let term = tokio::time::timeout(Duration::from_secs(10), b.acquired())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(term, 2);
+        // Dropping the holder frees the lock.
+        drop(b);
         let mut c = FileLock::new(dir.path(), "l", t);
         assert_eq!(take(&mut c, "c").await, 3);
     }

@@ -2,9 +2,10 @@
 //!
 //! A backend serves its coordinator: wait for the lock ([`Lock::contend`], then
 //! [`Lock::acquired`] resolves the moment it is ours — no polling), stop waiting
-//! ([`Lock::withdraw`]), do I still hold it ([`Lock::check`] on each tick, [`Lock::lost`] between
-//! ticks), and give it back ([`Lock::release`]). None of them may hang: each bounds its own
-//! I/O, and ZooKeeper's session lives in a task of its own.
+//! ([`Lock::withdraw`], which never gives back a lock already held), do I still hold it
+//! ([`Lock::check`] on each tick, [`Lock::lost`] between ticks), and give it back
+//! ([`Lock::release`], which takes the proof that the gate is closed). None of them may hang:
+//! each bounds its own I/O, and ZooKeeper's session lives in a task of its own.
 
 pub mod file;
 pub mod zookeeper;
@@ -14,6 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{BackendConfig, CoordinatorConfig};
+use crate::gate::Closed;
 use crate::lease::Lease;
 
 /// Who holds a lock, written by the holder right after acquiring, read by `lockgate status`.
@@ -151,7 +153,8 @@ impl Lock {
         }
     }
 
-    /// Stops contending; a lock that arrives anyway is released at once.
+    /// Stops contending; a lock that arrives anyway is released at once. A lock already held
+    /// stays held: only [`Lock::release`] gives it back.
     pub fn withdraw(&mut self) {
         match self {
             Lock::File(l) => l.withdraw(),
@@ -167,11 +170,20 @@ impl Lock {
         }
     }
 
-    /// Gives the lock back (no-op if not held).
-    pub async fn release(&mut self) {
+    /// Gives the lock back (no-op if not held); only with the gate closed.
+    pub async fn release(&mut self, gate: &Closed) {
         match self {
-            Lock::File(l) => l.release().await,
-            Lock::ZooKeeper(l) => l.release().await,
+            Lock::File(l) => l.release(gate).await,
+            Lock::ZooKeeper(l) => l.release(gate).await,
+        }
+    }
+
+    /// At the end: waits (bounded) until a withdrawn contention has left the lock service, so
+    /// the peer does not queue behind a node that is gone.
+    pub async fn settle(&mut self) {
+        match self {
+            Lock::File(_) => {}
+            Lock::ZooKeeper(l) => l.settle().await,
         }
     }
 
@@ -229,7 +241,10 @@ pub async fn observe(cfg: &CoordinatorConfig) -> Result<(Observed, Vec<OwnerReco
             let path = locks_folder.join(&cfg.lock_id);
             let observed = tokio::task::spawn_blocking(move || file::observe(&path))
                 .await
-                .map_err(|e| LockError::ZooKeeper(e.to_string()))??;
+                .map_err(|e| LockError::Io {
+                    path: cfg.lock_id.clone(),
+                    source: std::io::Error::other(format!("the read of the lock file failed: {e}")),
+                })??;
             Ok((observed, Vec::new()))
         }
         BackendConfig::ZooKeeper(z) => zookeeper::observe(z, &cfg.lock_id).await,

@@ -5,10 +5,20 @@
 //! of what it wants (`Desired`) and a channel of what happened (`ZkEvent`), so start-up and
 //! shutdown never block on ZooKeeper.
 //!
-//! Fencing comes before anyone else can hold the lock: the holder's [`Lease`] runs F past its
-//! last confirmed contact (a `check_stat` of its own node every F/4), and `Disconnected` caps
-//! it at F from then. `Expired` arrives after the server already gave the lock away, so it is
-//! never waited for. F is capped by `ZkConfig::fencing` so that F ≤ S − C − margin.
+//! Fencing comes before anyone else can hold the lock. The rule:
+//! - a renewal counts only if it went through the **quorum**: every F/4 the holder rewrites its
+//!   own node with the expected version (`set_data`), which the leader commits only with a
+//!   majority and only while our session is alive there. A read (`check_stat`, even after a
+//!   `sync`) does not count: a follower cut from the leader, or a leader cut from its
+//!   followers, answers reads from a stale state for up to syncLimit × tickTime after the
+//!   majority expired our session and gave the lock away;
+//! - the [`Lease`] runs F from the moment the confirming write was **sent** (the server's
+//!   session clock was reset no earlier than that), and `Disconnected` caps it at F from then;
+//! - F ≤ S − C − margin (`ZkConfig::fencing`), so the holder stops forwarding before the
+//!   server can expire its session.
+//!
+//! `Expired` arrives after the server already gave the lock away, so it is never waited for.
+//! [`CONFIRM`] names the renewal this module uses; `tests/model.rs` checks the rule with it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,6 +32,7 @@ use zookeeper_client as zk;
 
 use super::{LockError, Observed, OwnerRecord, unix_ms_now};
 use crate::config::{Fencing, ZkConfig};
+use crate::gate::Closed;
 use crate::lease::{Lease, now_ns};
 use crate::metrics as m;
 
@@ -30,6 +41,23 @@ use crate::metrics as m;
 /// answer was lost with the connection may still have made a node, which it would otherwise
 /// queue behind forever (as Curator's "protected" mode does with a GUID).
 const NODE_PREFIX: &str = "lock-";
+
+/// How a holder proves, each renewal, that it still holds the lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Confirm {
+    /// A read of our node, answered by whichever server we are connected to.
+    Read,
+    /// `sync` then a read: answered through the leader, which may itself be cut off.
+    SyncRead,
+    /// A versioned write of our node: committed only by a quorum.
+    VersionedWrite,
+}
+
+/// The renewal this backend uses (see the module doc for why).
+pub const CONFIRM: Confirm = Confirm::VersionedWrite;
+
+/// The shortest renewal period, whatever F is (F/4 of a tiny F would spin).
+const MIN_CONFIRM_EVERY: Duration = Duration::from_millis(10);
 
 /// What the coordinator wants. `generation` grows each time it starts contending anew, so a
 /// late report about an earlier contention is recognised and ignored.
@@ -88,6 +116,7 @@ impl ZkLock {
             events: events_tx,
             released: released_tx,
             lease: lease.clone(),
+            failed: None,
         };
         let task = tokio::spawn(session.run());
         ZkLock {
@@ -177,17 +206,37 @@ impl ZkLock {
         }
     }
 
+    /// Stops contending. A held lock stays held (its node is deleted only by
+    /// [`ZkLock::release`], which needs the gate closed).
     pub fn withdraw(&mut self) {
+        if self.held.is_some() {
+            debug!(path = %self.path, "withdraw while holding: the lock stays until released");
+            return;
+        }
+        self.stop_wanting();
+    }
+
+    fn stop_wanting(&mut self) {
         self.desired
             .send_if_modified(|d| std::mem::replace(&mut d.want, false));
     }
 
     /// Fences the lease and deletes our node, waiting a bounded time for ZooKeeper to confirm
-    /// (so a clean shutdown hands over at once; a dead ensemble does not block it).
-    pub async fn release(&mut self) {
+    /// (so a clean shutdown hands over at once; a dead ensemble does not block it). Only with
+    /// the gate closed.
+    pub async fn release(&mut self, _gate: &Closed) {
         self.lease.revoke();
         self.held = None;
-        self.withdraw();
+        self.stop_wanting();
+        self.settle().await;
+    }
+
+    /// Waits, bounded, until the session task has deleted the node of the current generation
+    /// (or never made one).
+    pub async fn settle(&mut self) {
+        if self.desired.borrow().want {
+            return;
+        }
         let generation = self.desired.borrow().generation;
         let mut released = self.released.clone();
         let confirmed =
@@ -199,7 +248,7 @@ impl ZkLock {
 }
 
 type Watch = Pin<Box<dyn Future<Output = zk::WatchedEvent> + Send>>;
-type Confirm = Pin<Box<dyn Future<Output = (u64, Result<Option<zk::Stat>, zk::Error>)> + Send>>;
+type Confirming = Pin<Box<dyn Future<Output = (u64, Result<zk::Stat, zk::Error>)> + Send>>;
 
 /// The session task's state and channels.
 struct Session {
@@ -211,6 +260,9 @@ struct Session {
     events: mpsc::UnboundedSender<ZkEvent>,
     released: watch::Sender<u64>,
     lease: Lease,
+    /// The last generation a failure was reported for: one report per contention, so failures
+    /// do not pile up while the coordinator holds off.
+    failed: Option<u64>,
 }
 
 /// Our contender node in the current session.
@@ -218,6 +270,10 @@ struct Node {
     path: String,
     seq: i64,
     generation: u64,
+    /// What the node holds (the owner record once we hold), rewritten by each renewal.
+    data: Vec<u8>,
+    /// The node's version as of our last write; renewals expect it.
+    version: i32,
 }
 
 impl Session {
@@ -246,10 +302,7 @@ impl Session {
                     }
                     let desired = self.desired.borrow().clone();
                     if desired.want {
-                        let _ = self.events.send(ZkEvent::Failed {
-                            generation: desired.generation,
-                            error: LockError::Unreachable(e.to_string()),
-                        });
+                        self.fail(desired.generation, LockError::Unreachable(e.to_string()));
                     }
                     self.released.send_replace(desired.generation);
                     attempts += 1;
@@ -301,6 +354,16 @@ impl Session {
         self.cfg.fencing(client.session_timeout())
     }
 
+    /// Reports that contending failed, once per generation.
+    fn fail(&mut self, generation: u64, error: LockError) {
+        if self.failed == Some(generation) {
+            debug!(lock = %self.name, error = %error, "contending still fails");
+            return;
+        }
+        self.failed = Some(generation);
+        let _ = self.events.send(ZkEvent::Failed { generation, error });
+    }
+
     /// Serves one session until it ends (expired, closed, auth failed).
     async fn serve(&mut self, client: &zk::Client) {
         let fence_after = self.fencing(client).fence_after;
@@ -309,8 +372,8 @@ impl Session {
         let mut holding = false;
         let mut pred_watch: Option<Watch> = None;
         let mut own_watch: Option<Watch> = None;
-        let mut confirm: Option<Confirm> = None;
-        let mut confirm_tick = tokio::time::interval(fence_after / 4);
+        let mut confirm: Option<Confirming> = None;
+        let mut confirm_tick = tokio::time::interval((fence_after / 4).max(MIN_CONFIRM_EVERY));
         confirm_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut connected = true;
         let mut disconnected_at: Option<Instant> = None;
@@ -345,14 +408,17 @@ impl Session {
                     match client.delete(&n.path, None).await {
                         Ok(()) | Err(zk::Error::NoNode) => {
                             info!(lock = %self.name, node = %n.path, "contender node deleted");
+                            self.released.send_replace(desired.generation);
                         }
                         Err(e) => {
+                            // Not released yet: the release waits (bounded) and says so.
                             warn!(lock = %self.name, node = %n.path, error = %e, "cannot delete our contender node now; retrying when connected");
                             stale.push(n.path);
                         }
                     }
+                } else {
+                    self.released.send_replace(desired.generation);
                 }
-                self.released.send_replace(desired.generation);
             } else if connected {
                 if node
                     .as_ref()
@@ -372,23 +438,24 @@ impl Session {
                             if self.session_over(client) {
                                 return;
                             }
-                            let _ = self.events.send(ZkEvent::Failed {
-                                generation: desired.generation,
-                                error: LockError::ZooKeeper(e.to_string()),
-                            });
+                            self.fail(desired.generation, LockError::ZooKeeper(e.to_string()));
                         }
                     }
                 }
                 let evaluate =
                     !holding && pred_watch.is_none() && fenced != Some(desired.generation);
-                if let Some(n) = node.as_ref().filter(|_| evaluate) {
+                if let Some(n) = node.as_mut().filter(|_| evaluate) {
                     let sent = now_ns();
                     match self.position(client, n).await {
                         Ok(Position::Lowest) => {
                             let term = desired.last_term.max(n.seq.max(0) as u64) + 1;
                             let record = OwnerRecord::new(&desired.node_id, term).to_text();
+                            // A write, committed by the quorum: our session is alive and our
+                            // node exists as of no earlier than `sent`.
                             match client.set_data(&n.path, record.as_bytes(), None).await {
-                                Ok(_) => {
+                                Ok(stat) => {
+                                    n.data = record.into_bytes();
+                                    n.version = stat.version;
                                     self.lease.set_for(sent, fence_after);
                                     holding = true;
                                     own_watch = self.watch_own(client, &n.path).await;
@@ -481,14 +548,28 @@ impl Session {
                     confirm = None;
                     let (sent, result) = r;
                     match result {
-                        Ok(Some(_)) if holding => self.lease.set_for(sent, fence_after),
-                        Ok(None) if holding => {
+                        Ok(stat) if holding => {
+                            if let Some(n) = node.as_mut() {
+                                n.version = stat.version;
+                            }
+                            self.lease.set_for(sent, fence_after);
+                        }
+                        Err(zk::Error::NoNode) if holding => {
                             let path = node.as_ref().map(|n| n.path.clone()).unwrap_or_default();
                             fenced = self.lose(&node, &mut holding, LockError::NodeDeleted(path));
                             node = None;
                         }
+                        Err(zk::Error::BadVersion) if holding => {
+                            // A renewal whose answer was lost went through: learn the version
+                            // (a read, so it does not extend the lease) and renew next time.
+                            if let Some(n) = node.as_mut()
+                                && let Ok(Some(stat)) = client.check_stat(&n.path).await
+                            {
+                                n.version = stat.version;
+                            }
+                        }
                         Ok(_) => {}
-                        Err(e) => debug!(lock = %self.name, error = %e, "ZooKeeper confirmation failed; the lease keeps running down"),
+                        Err(e) => debug!(lock = %self.name, error = %e, "ZooKeeper renewal failed; the lease keeps running down"),
                     }
                 }
                 _ = sleep_until_opt(fence_at), if holding && fence_at.is_some() => {
@@ -536,6 +617,8 @@ impl Session {
             path,
             seq: seq.into_i64(),
             generation: desired.generation,
+            data: record.into_bytes(),
+            version: 0,
         })
     }
 
@@ -586,12 +669,17 @@ impl Session {
         }
     }
 
-    fn confirm(&self, client: &zk::Client, node: &Option<Node>) -> Confirm {
+    /// One renewal: a versioned rewrite of our node ([`CONFIRM`]); the lease will run from
+    /// `sent`.
+    fn confirm(&self, client: &zk::Client, node: &Option<Node>) -> Confirming {
         let client = client.clone();
-        let path = node.as_ref().map(|n| n.path.clone()).unwrap_or_default();
+        let (path, data, version) = node
+            .as_ref()
+            .map(|n| (n.path.clone(), n.data.clone(), n.version))
+            .unwrap_or_default();
         Box::pin(async move {
             let sent = now_ns();
-            (sent, client.check_stat(&path).await)
+            (sent, client.set_data(&path, &data, Some(version)).await)
         })
     }
 }

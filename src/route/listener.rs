@@ -38,12 +38,62 @@ pub struct RouteRuntime {
     accept_errors_fd: Counter,
     accept_errors_other: Counter,
     connect_seconds: Histogram,
+    /// `lockgate_upstream_connect_errors_total` by cause: refused, error, timeout.
+    connect_errors: [Counter; 3],
+    /// At most one WARN line per cause per second for failed upstream connects.
+    connect_error_log: LogLimiter,
     /// Readable copies of the gauges, for the admin endpoint.
     active_now: AtomicU64,
     listening_now: AtomicBool,
     /// `forward-to` names this host's loopback: no keepalive on that leg (a dead peer there is
     /// reported by the kernel at once), which saves three system calls per connection.
     upstream_is_loopback: bool,
+}
+
+/// Why a connect to the upstream failed: the `reason` of
+/// `lockgate_upstream_connect_errors_total`, and the cause a log line stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnectFailure {
+    Refused,
+    Error,
+    Timeout,
+}
+
+impl ConnectFailure {
+    const ALL: [ConnectFailure; 3] = [
+        ConnectFailure::Refused,
+        ConnectFailure::Error,
+        ConnectFailure::Timeout,
+    ];
+
+    fn reason(self) -> &'static str {
+        match self {
+            ConnectFailure::Refused => "refused",
+            ConnectFailure::Error => "error",
+            ConnectFailure::Timeout => "timeout",
+        }
+    }
+}
+
+/// Per cause: when the last line was logged, and how many events it has not reported yet.
+#[derive(Default)]
+struct LogLimiter(std::sync::Mutex<[(Option<std::time::Instant>, u64); 3]>);
+
+impl LogLimiter {
+    /// Records one event of `cause`; returns `Some(n)` when a line should be logged now, `n`
+    /// being the events of that cause since the last line (this one included), else `None`.
+    fn event(&self, cause: ConnectFailure) -> Option<u64> {
+        let mut slots = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (last, count) = &mut slots[cause as usize];
+        *count += 1;
+        let now = std::time::Instant::now();
+        if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+            *last = Some(now);
+            Some(std::mem::take(count))
+        } else {
+            None
+        }
+    }
 }
 
 /// A route as the admin endpoint shows it.
@@ -70,6 +120,10 @@ impl RouteRuntime {
             listening: metrics::gauge!(m::ROUTE_LISTENING, "route" => r.clone()),
             accept_errors_fd: metrics::counter!(m::ACCEPT_ERRORS, "route" => r.clone(), "reason" => "out_of_fds"),
             accept_errors_other: metrics::counter!(m::ACCEPT_ERRORS, "route" => r.clone(), "reason" => "other"),
+            connect_errors: ConnectFailure::ALL.map(|c| {
+                metrics::counter!(m::UPSTREAM_CONNECT_ERRORS, "route" => r.clone(), "reason" => c.reason())
+            }),
+            connect_error_log: LogLimiter::default(),
             connect_seconds: metrics::histogram!(m::UPSTREAM_CONNECT_SECONDS, "route" => r),
             active_now: AtomicU64::new(0),
             listening_now: AtomicBool::new(false),
@@ -125,16 +179,19 @@ pub fn explain(e: &io::Error) -> String {
 }
 
 /// Binds a listening socket (SO_REUSEADDR, so connections in TIME_WAIT do not block a rebind).
-/// On Linux, accepted sockets inherit TCP_NODELAY and keepalive from it, which saves four
-/// system calls per connection.
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+/// On Linux, accepted sockets inherit TCP_NODELAY, keepalive and TCP_USER_TIMEOUT from it,
+/// which saves five system calls per connection.
+pub fn bind(addr: SocketAddr, user_timeout: Duration) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     #[cfg(target_os = "linux")]
     {
         socket.set_tcp_nodelay(true)?;
         socket.set_tcp_keepalive(&keepalive())?;
+        socket.set_tcp_user_timeout(Some(user_timeout))?;
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = user_timeout;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
@@ -163,10 +220,30 @@ fn keepalive() -> TcpKeepalive {
         .with_interval(KEEPALIVE_INTERVAL)
 }
 
-/// TCP_NODELAY and keepalive on one leg.
-fn tune(stream: &TcpStream) {
+/// TCP_NODELAY, keepalive and (on Linux) TCP_USER_TIMEOUT on one leg.
+fn tune(stream: &TcpStream, user_timeout: Duration) {
     let _ = stream.set_nodelay(true);
-    let _ = SockRef::from(stream).set_tcp_keepalive(&keepalive());
+    let s = SockRef::from(stream);
+    let _ = s.set_tcp_keepalive(&keepalive());
+    #[cfg(target_os = "linux")]
+    let _ = s.set_tcp_user_timeout(Some(user_timeout));
+    #[cfg(not(target_os = "linux"))]
+    let _ = user_timeout;
+}
+
+/// The `reason` of `lockgate_connections_timed_out_total` when a route timeout ended `e`.
+fn timed_out(e: &forward::ForwardError) -> Option<&'static str> {
+    match e {
+        forward::ForwardError::Inactive { which, .. } => Some(which.reason()),
+        forward::ForwardError::HalfCloseTimeout(_) => Some("half_close"),
+        // The kernel gave up on a leg: TCP_USER_TIMEOUT, or keepalive probes unanswered.
+        forward::ForwardError::Io { source, .. }
+            if source.raw_os_error() == Some(libc::ETIMEDOUT) =>
+        {
+            Some("peer_unresponsive")
+        }
+        _ => None,
+    }
 }
 
 /// Accepts until `stop` (then drops the listener: new connects are refused). Each connection
@@ -289,7 +366,7 @@ async fn serve(
     let name = route.cfg.name.as_str();
     // On Linux the accepted socket inherited both from the listener.
     #[cfg(not(target_os = "linux"))]
-    tune(&downstream);
+    tune(&downstream, route.cfg.tcp_user_timeout);
     // Boxed: the connect's state (and its timing) is gone once forwarding starts, and an
     // idle connection's future should not carry it.
     let connect = Box::pin(async {
@@ -313,22 +390,28 @@ async fn serve(
         }
         r = connect => r,
     };
+    // Every failure is counted; at most one line per cause per second is logged (a failover
+    // refuses every client of the dead broker at once), with the count it stands for.
     let upstream = match upstream {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            let reason = if e.kind() == io::ErrorKind::ConnectionRefused {
-                "refused"
+            let cause = if e.kind() == io::ErrorKind::ConnectionRefused {
+                ConnectFailure::Refused
             } else {
-                "error"
+                ConnectFailure::Error
             };
-            metrics::counter!(m::UPSTREAM_CONNECT_ERRORS, "route" => name.to_owned(), "reason" => reason).increment(1);
-            warn!(route = name, %peer, upstream = %route.cfg.forward_to, error = %explain(&e), "cannot connect to the upstream; closing the client's connection");
+            route.connect_errors[cause as usize].increment(1);
+            if let Some(failures) = route.connect_error_log.event(cause) {
+                warn!(route = name, %peer, upstream = %route.cfg.forward_to, error = %explain(&e), failures, "cannot connect to the upstream; closing the client's connection (failures: how many since the last such line)");
+            }
             reset(downstream);
             return;
         }
         Err(_) => {
-            metrics::counter!(m::UPSTREAM_CONNECT_ERRORS, "route" => name.to_owned(), "reason" => "timeout").increment(1);
-            warn!(route = name, %peer, upstream = %route.cfg.forward_to, timeout_ms = route.cfg.connect_timeout.as_millis() as u64, "upstream did not answer the connect in time; closing the client's connection");
+            route.connect_errors[ConnectFailure::Timeout as usize].increment(1);
+            if let Some(failures) = route.connect_error_log.event(ConnectFailure::Timeout) {
+                warn!(route = name, %peer, upstream = %route.cfg.forward_to, timeout_ms = route.cfg.connect_timeout.as_millis() as u64, failures, "upstream did not answer the connect in time; closing the client's connection (failures: how many since the last such line)");
+            }
             reset(downstream);
             return;
         }
@@ -336,11 +419,16 @@ async fn serve(
     if route.upstream_is_loopback {
         let _ = upstream.set_nodelay(true);
     } else {
-        tune(&upstream);
+        tune(&upstream, route.cfg.tcp_user_timeout);
     }
     let settings = forward::Settings {
         half_close_timeout: route.cfg.half_close_timeout,
         zero_copy: route.cfg.zero_copy,
+        idle: forward::Idle::new(
+            route.cfg.client_timeout,
+            route.cfg.server_timeout,
+            route.cfg.tunnel_timeout,
+        ),
     };
     let result = tokio::select! {
         _ = kill.cancelled() => None,
@@ -351,6 +439,9 @@ async fn serve(
             debug!(route = name, %peer, to_upstream = t.to_upstream, to_downstream = t.to_downstream, spliced = t.spliced, "connection closed");
         }
         Some(Err(e)) => {
+            if let Some(reason) = timed_out(&e) {
+                metrics::counter!(m::CONNECTIONS_TIMED_OUT, "route" => name.to_owned(), "reason" => reason).increment(1);
+            }
             debug!(route = name, %peer, error = %e, "connection ended abnormally; resetting both legs");
             reset(downstream);
             reset(upstream);
@@ -377,8 +468,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn accepted_sockets_inherit_nodelay_and_keepalive() {
-        let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    async fn accepted_sockets_inherit_nodelay_keepalive_and_user_timeout() {
+        let l = bind("127.0.0.1:0".parse().unwrap(), Duration::from_millis(7000)).unwrap();
         let addr = l.local_addr().unwrap();
         let _c = TcpStream::connect(addr).await.unwrap();
         let (s, _) = l.accept().await.unwrap();
@@ -387,11 +478,30 @@ mod tests {
         assert!(r.keepalive().unwrap());
         assert_eq!(r.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
         assert_eq!(r.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+        assert_eq!(
+            r.tcp_user_timeout().unwrap(),
+            Some(Duration::from_millis(7000))
+        );
+    }
+
+    #[test]
+    fn one_line_per_cause_per_second() {
+        let l = LogLimiter::default();
+        assert_eq!(l.event(ConnectFailure::Refused), Some(1));
+        for _ in 0..50 {
+            assert_eq!(l.event(ConnectFailure::Refused), None);
+        }
+        // Another cause has its own line.
+        assert_eq!(l.event(ConnectFailure::Timeout), Some(1));
+        // A second later, the next line reports the 50 it stood for, plus itself.
+        l.0.lock().unwrap()[ConnectFailure::Refused as usize].0 =
+            Some(std::time::Instant::now() - Duration::from_secs(1));
+        assert_eq!(l.event(ConnectFailure::Refused), Some(51));
     }
 
     #[tokio::test]
     async fn a_shut_listener_refuses_at_once() {
-        let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let l = bind("127.0.0.1:0".parse().unwrap(), Duration::from_millis(7000)).unwrap();
         let addr = l.local_addr().unwrap();
         TcpStream::connect(addr).await.unwrap();
         shut(&l);
@@ -400,10 +510,11 @@ mod tests {
     }
 
     /// The state an idle connection keeps in memory is mostly this future: keep it small
-    /// (HAProxy spends about 3.3 KiB per idle connection in all).
+    /// (HAProxy spends about 3.3 KiB per idle connection in all). 1408 B before the inactivity
+    /// timeouts, whose shared stamps and boxed timer pointer added 64 B.
     #[tokio::test]
     async fn a_connection_future_stays_small() {
-        let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let l = bind("127.0.0.1:0".parse().unwrap(), Duration::from_millis(7000)).unwrap();
         let addr = l.local_addr().unwrap();
         let _c = TcpStream::connect(addr).await.unwrap();
         let (s, peer) = l.accept().await.unwrap();
@@ -417,6 +528,6 @@ mod tests {
         let route = RouteRuntime::new(cfg.routes[0].clone());
         let f = serve(s, peer, route, CancellationToken::new(), Lease::unlimited());
         let size = std::mem::size_of_val(&f);
-        assert!(size <= 1408, "a connection's future grew to {size} B");
+        assert!(size <= 1472, "a connection's future grew to {size} B");
     }
 }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::coordinator::Gate;
+use crate::gate::Gate;
 use crate::lease::Lease;
 use crate::metrics as m;
 use listener::RouteRuntime;
@@ -38,7 +38,10 @@ struct Bound {
 
 impl Bound {
     fn bind(route: &Arc<RouteRuntime>, lease: Lease) -> std::io::Result<Bound> {
-        let listener = Arc::new(listener::bind(route.cfg.listen)?);
+        let listener = Arc::new(listener::bind(
+            route.cfg.listen,
+            route.cfg.tcp_user_timeout,
+        )?);
         let stop_accepting = CancellationToken::new();
         let kill = CancellationToken::new();
         let conns = TaskTracker::new();
@@ -181,7 +184,7 @@ impl Gate for GatedRoutes {
                         route.cfg.listen,
                         listener::explain(&e)
                     );
-                    self.close("bind_failed").await;
+                    self.shut("bind_failed").await;
                     return Err(message);
                 }
             }
@@ -189,13 +192,13 @@ impl Gate for GatedRoutes {
         Ok(())
     }
 
-    async fn close(&mut self, reason: &'static str) {
+    async fn shut(&mut self, reason: &'static str) {
         while let Some(b) = self.bound.pop() {
             b.close(reason).await;
         }
     }
 
-    async fn drain_close(&mut self, drain: Duration) {
+    async fn shut_draining(&mut self, drain: Duration) {
         // Every listener first (reverse order), then one shared drain window.
         for b in self.bound.iter_mut().rev() {
             b.stop_accepting().await;

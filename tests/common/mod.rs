@@ -16,6 +16,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+pub mod java;
 pub mod netns;
 pub mod zk;
 
