@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub mod java;
+pub mod netns;
 pub mod zk;
 
 /// The bound on every wait in these tests: generous, only there so a broken build fails
@@ -219,6 +220,18 @@ impl Node {
         dir: &Path,
         env: &[(&str, &str)],
     ) -> Node {
+        Node::start_prepared(name, config, dir, env, |_| None).await
+    }
+
+    /// As `start_with_env`; `prepare` may adjust the command before it spawns (e.g. to enter
+    /// a network namespace) and return a file to keep open until then.
+    pub async fn start_prepared(
+        name: &str,
+        config: &Path,
+        dir: &Path,
+        env: &[(&str, &str)],
+        prepare: impl FnOnce(&mut Command) -> Option<std::fs::File>,
+    ) -> Node {
         let sock_path = dir.join(format!("{name}.notify"));
         let _ = std::fs::remove_file(&sock_path);
         let sock = UnixDatagram::bind(&sock_path).unwrap();
@@ -234,8 +247,8 @@ impl Node {
             }
         });
         let log = dir.join(format!("{name}.log"));
-        let child = lockgate()
-            .arg("run")
+        let mut cmd = lockgate();
+        cmd.arg("run")
             .arg("--config")
             .arg(config)
             .env("NOTIFY_SOCKET", &sock_path)
@@ -244,9 +257,10 @@ impl Node {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+            .kill_on_drop(true);
+        let keep = prepare(&mut cmd);
+        let child = cmd.spawn().unwrap();
+        drop(keep);
         let pid = child.id().unwrap() as i32;
         let mut node = Node {
             name: name.to_owned(),
