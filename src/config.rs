@@ -1366,6 +1366,28 @@ lock-coordinator = "clients-lock"
 "#;
 
     #[test]
+    fn fast_interval_is_bounded_by_the_interval() {
+        let with = |keys: &str| {
+            let text = OK.replace(
+                "locks-folder = \"/tmp\"\n",
+                &format!("locks-folder = \"/tmp\"\n\n[lock-coordinator.health-check]\naddress = \"127.0.0.1:1\"\ntimeout-ms = 5\n{keys}\n"),
+            );
+            parse(&text).map(|c| c.coordinators[0].health.clone().unwrap())
+        };
+        let h = with("").unwrap();
+        assert!(h.observe_connects);
+        assert_eq!(h.fast_interval, Duration::from_millis(10));
+        // The default never exceeds a shorter interval.
+        assert_eq!(
+            with("interval-ms = 5").unwrap().fast_interval,
+            Duration::from_millis(5)
+        );
+        assert!(with("fast-interval-ms = 0").is_err());
+        assert!(with("interval-ms = 100\nfast-interval-ms = 101").is_err());
+        assert!(!with("observe-connects = false").unwrap().observe_connects);
+    }
+
+    #[test]
     fn defaults_are_filled_in() {
         let c = parse(OK).unwrap();
         assert_eq!(c.coordinators[0].check_period, Duration::from_millis(5000));
