@@ -1,22 +1,30 @@
-//! The data path beside a direct connection and HAProxy, interleaved in one run.
+//! The data path beside a direct connection, HAProxy and nginx, interleaved in one run.
 //!
-//! Run: `cargo bench --bench throughput` (`apt-get install haproxy` first for the HAProxy
-//! column; without it those cells say `n/a`). Environment: `LOCKGATE_BENCH_ROUNDS` (default
+//! Run: `cargo bench --bench throughput` (`apt-get install iperf3 haproxy nginx
+//! libnginx-mod-stream` first; without HAProxy or nginx their cells say `n/a`, without iperf3
+//! the bulk rows use the bench's own client). Environment: `LOCKGATE_BENCH_ROUNDS` (default
 //! 5), `LOCKGATE_BENCH_SECS` (seconds per throughput and conn/s window, default 2),
-//! `LOCKGATE_BENCH_IDLE` (idle connections, default 10000), `LOCKGATE_BENCH_COPY=0` to leave
-//! out the `lockgate copy` column (a route with `zero-copy = false` on the same process),
-//! `LOCKGATE_BENCH_ONLY=bulk,ping,conn,idle` (a comma list) to run only some rows.
+//! `LOCKGATE_BENCH_IDLE` (the larger idle count, default 9000; the smaller is 1000),
+//! `LOCKGATE_BENCH_COPY=0` to leave out the `lockgate copy` column (a route with
+//! `zero-copy = false` on the same process), `LOCKGATE_BENCH_ONLY=bulk,ping,conn,idle,inhouse`
+//! (a comma list) to run only some rows (`inhouse`, off by default: the bulk rows again with the
+//! bench's own in-process client and sink, which is what the bench used before iperf3 and
+//! why its figures differed from an independent harness).
 //!
 //! Every round runs each measurement against every target in turn (the order rotates from
 //! round to round), so the machine's noise lands on all of them alike; the table shows the
 //! median over rounds, and each ratio is the median of the per-round ratios, never a ratio of
 //! medians. Rows:
-//! - bulk throughput, 1 and 8 streams, client -> sink, counted at the sink (Gbit/s);
+//! - bulk throughput, 1 and 8 streams: `iperf3 -c -t SECS -P N` (128 KiB writes) through the
+//!   target to an `iperf3 -s`, both separate processes, received bits/s (Gbit/s);
 //! - 64 B ping-pong over one connection: p50, p99, p99.9, and the added µs over direct;
-//! - new connections per second: 64 concurrent clients each connect, send 1 B, read the
-//!   echo, read the server's FIN, close; and the proxy's CPU µs per such connection;
-//! - RSS of the proxy per idle connection: a fresh proxy process, `LOCKGATE_BENCH_IDLE`
-//!   connections opened through it (each does one 1 B echo, then idles), RSS minus the RSS
+//! - new connections per second with 1, 64 and 512 concurrent clients: each connects, sends
+//!   1 B, reads the echo, reads the server's FIN, closes (the server is a child process of its
+//!   own, so clients and server do not share a runtime); and the proxy's CPU µs per such
+//!   connection at 64 clients;
+//! - RSS of the proxy per idle connection at 1,000 and `LOCKGATE_BENCH_IDLE` connections: a
+//!   fresh proxy process (all of its processes, for nginx), that many connections opened
+//!   through it (each does one 1 B echo, then idles), RSS minus the RSS
 //!   before, divided by the count (fewer connections when RLIMIT_NOFILE cannot be raised to
 //!   two descriptors per connection, as in an unprivileged container: the bench says so);
 //! - CPU seconds of the proxy process (utime + stime) per GB forwarded in the bulk rows.
@@ -37,7 +45,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const PING_BYTES: usize = 64;
 const PING_WARMUP: usize = 2_000;
 const PING_COUNT: usize = 20_000;
-const CONN_CLIENTS: usize = 64;
+const CONN_CLIENTS: [usize; 3] = [1, 64, 512];
+const IDLE_SMALL: usize = 1000;
 const BULK_CHUNK: usize = 256 * 1024;
 const WARMUP: Duration = Duration::from_millis(300);
 
@@ -47,6 +56,7 @@ enum Target {
     Lockgate,
     LockgateCopy,
     Haproxy,
+    Nginx,
 }
 
 impl Target {
@@ -56,6 +66,7 @@ impl Target {
             Target::Lockgate => "lockgate",
             Target::LockgateCopy => "lockgate copy",
             Target::Haproxy => "haproxy",
+            Target::Nginx => "nginx",
         }
     }
 }
@@ -71,10 +82,14 @@ enum Service {
     Conn = 2,
     /// Echoes until the client closes.
     Idle = 3,
+    /// An `iperf3 -s` (or the sink again, without iperf3).
+    Iperf = 4,
 }
 
-/// Addresses of the four services through one target.
-type Ports = [SocketAddr; 4];
+const SERVICES: [&str; 5] = ["sink", "ping", "conn", "idle", "iperf"];
+
+/// Addresses of the five services through one target.
+type Ports = [SocketAddr; 5];
 
 // ---------------------------------------------------------------- upstream servers
 
@@ -84,6 +99,8 @@ struct Upstreams {
     sink_open: Arc<AtomicU64>,
     /// The child process that holds the server ends of idle connections.
     idle: Proxy,
+    _conn: Proxy,
+    _iperf: Option<Proxy>,
 }
 
 fn listener() -> TcpListener {
@@ -95,7 +112,7 @@ fn listener() -> TcpListener {
     s.into()
 }
 
-fn start_upstreams(rt: &tokio::runtime::Runtime) -> Upstreams {
+fn start_upstreams() -> Upstreams {
     let sink_bytes = Arc::new(AtomicU64::new(0));
     let sink_open = Arc::new(AtomicU64::new(0));
 
@@ -137,13 +154,75 @@ fn start_upstreams(rt: &tokio::runtime::Runtime) -> Upstreams {
         }
     });
 
-    let conn = listener();
-    conn.set_nonblocking(true).unwrap();
-    let conn_addr = conn.local_addr().unwrap();
-    rt.spawn(async move {
-        let conn = tokio::net::TcpListener::from_std(conn).unwrap();
+    let (conn, conn_addr) = child_server("conn-server");
+    // The server ends of the idle connections live in a child process, so that neither this
+    // process nor the proxy needs more than two descriptors per idle connection.
+    let (idle, idle_addr) = child_server("idle-server");
+    let iperf = iperf3_version().map(|_| start_iperf3_server());
+    let iperf_addr = iperf.as_ref().map_or(sink_addr, |i| i.1);
+    Upstreams {
+        addrs: [sink_addr, ping_addr, conn_addr, idle_addr, iperf_addr],
+        sink_bytes,
+        sink_open,
+        idle,
+        _conn: conn,
+        _iperf: iperf.map(|i| i.0),
+    }
+}
+
+/// This bench run again as a server of the given role; returns it and its address.
+fn child_server(role: &str) -> (Proxy, SocketAddr) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env("LOCKGATE_BENCH_ROLE", role)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr: SocketAddr = line.trim().parse().unwrap();
+    let pid = child.id();
+    (Proxy { child, pid }, addr)
+}
+
+fn iperf3_version() -> Option<String> {
+    let out = Command::new("iperf3").arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().next().map(|l| l.trim().to_owned())
+}
+
+fn start_iperf3_server() -> (Proxy, SocketAddr) {
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut child = Command::new("iperf3")
+        .args(["-s", "-B", "127.0.0.1", "-p"])
+        .arg(addr.port().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_listening(&[addr], &mut child, "iperf3 -s");
+    let pid = child.id();
+    (Proxy { child, pid }, addr)
+}
+
+/// The connection-rate server, run as a child process of the bench: 1 B echo, then close.
+fn conn_server() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let l = listener();
+        l.set_nonblocking(true).unwrap();
+        println!("{}", l.local_addr().unwrap());
+        let l = tokio::net::TcpListener::from_std(l).unwrap();
         loop {
-            let Ok((mut s, _)) = conn.accept().await else {
+            let Ok((mut s, _)) = l.accept().await else {
                 continue;
             };
             tokio::spawn(async move {
@@ -156,31 +235,6 @@ fn start_upstreams(rt: &tokio::runtime::Runtime) -> Upstreams {
             });
         }
     });
-    // The server ends of the idle connections live in a child process, so that neither this
-    // process nor the proxy needs more than two descriptors per idle connection.
-    let mut idle = Command::new(std::env::current_exe().unwrap())
-        .env("LOCKGATE_BENCH_ROLE", "idle-server")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(idle.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let idle_addr: SocketAddr = line.trim().parse().unwrap();
-    let idle_pid = idle.id();
-    Upstreams {
-        addrs: [sink_addr, ping_addr, conn_addr, idle_addr],
-        sink_bytes,
-        sink_open,
-        idle: Proxy {
-            pid: idle_pid,
-            child: idle,
-        },
-    }
 }
 
 /// The idle-connection echo server, run as a child process of the bench.
@@ -259,8 +313,7 @@ fn start_lockgate(dir: &Path, up: &Ports, with_copy: bool) -> (Proxy, Ports, Por
     let splice = ports();
     let copy = ports();
     let mut text = String::from("shutdown-grace-ms = 100\n");
-    let names = ["sink", "ping", "conn", "idle"];
-    for (i, name) in names.iter().enumerate() {
+    for (i, name) in SERVICES.iter().enumerate() {
         let _ = write!(
             text,
             "\n[[route]]\nname = \"{name}\"\nlisten = \"{}\"\nforward-to = \"{}\"\n",
@@ -302,8 +355,7 @@ fn start_haproxy(dir: &Path, up: &Ports, cores: usize, maxconn: usize) -> (Proxy
     let mut text = format!(
         "global\n  nbthread {cores}\n  maxconn {maxconn}\n  maxpipes 200\n\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n  option splice-request\n  option splice-response\n"
     );
-    let names = ["sink", "ping", "conn", "idle"];
-    for (i, name) in names.iter().enumerate() {
+    for (i, name) in SERVICES.iter().enumerate() {
         let _ = write!(
             text,
             "\nlisten {name}\n  bind {}\n  server s {}\n",
@@ -325,9 +377,74 @@ fn start_haproxy(dir: &Path, up: &Ports, cores: usize, maxconn: usize) -> (Proxy
     (Proxy { child, pid }, front)
 }
 
-/// utime + stime of a process, in seconds.
+fn nginx_version() -> Option<String> {
+    let out = Command::new("nginx").arg("-v").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    let v = text.lines().next()?.trim().to_owned();
+    // The stream module is a package of its own.
+    Path::new(NGINX_STREAM).exists().then_some(v)
+}
+
+const NGINX_STREAM: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
+
+/// nginx `stream` (a userspace copy, no splice), `worker_processes auto`, otherwise defaults.
+fn start_nginx(dir: &Path, up: &Ports, maxconn: usize) -> (Proxy, Ports) {
+    let front = ports();
+    let ndir = dir.join("nginx");
+    let _ = std::fs::create_dir_all(&ndir);
+    let mut text = format!(
+        "load_module {NGINX_STREAM};\ndaemon off;\nmaster_process on;\nworker_processes auto;\nworker_rlimit_nofile {};\npid {}/nginx.pid;\nerror_log {}/error.log warn;\nevents {{ worker_connections {}; }}\nstream {{\n  proxy_timeout 1h;\n  proxy_connect_timeout 5s;\n",
+        maxconn * 2 + 64,
+        ndir.display(),
+        ndir.display(),
+        maxconn * 2 + 64
+    );
+    for (i, a) in front.iter().enumerate() {
+        let _ = writeln!(text, "  server {{ listen {a}; proxy_pass {}; }}", up[i]);
+    }
+    text.push_str("}\n");
+    let config = ndir.join("nginx.conf");
+    std::fs::write(&config, text).unwrap();
+    let mut child = Command::new("nginx")
+        .arg("-e")
+        .arg(ndir.join("error.log"))
+        .arg("-p")
+        .arg(&ndir)
+        .arg("-c")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(ndir.join("stderr.log")).unwrap())
+        .spawn()
+        .unwrap();
+    wait_listening(&front, &mut child, "nginx");
+    let pid = child.id();
+    (Proxy { child, pid }, front)
+}
+
+/// A process and its children (nginx's workers), as pids.
+fn tree(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    out.extend(
+        children
+            .split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok()),
+    );
+    out
+}
+
+/// utime + stime of a process and its children, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    tree(pid).into_iter().map(cpu_seconds_of).sum()
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds_of(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
     let after = &stat[stat.rfind(')').unwrap() + 2..];
     let f: Vec<&str> = after.split_whitespace().collect();
     let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
@@ -335,16 +452,71 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kb * 1024
+    tree(pid)
+        .into_iter()
+        .map(|p| {
+            let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+            status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024
+        })
+        .sum()
 }
 
 fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+    tree(pid)
+        .into_iter()
+        .map(|p| {
+            std::fs::read_dir(format!("/proc/{p}/fd"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// Bulk through `to` with iperf3: received Gbit/s, the proxy's CPU seconds over the whole
+/// run, and the bytes received.
+fn bulk_iperf3(
+    to: SocketAddr,
+    streams: usize,
+    window: Duration,
+    pid: Option<u32>,
+) -> (f64, f64, u64) {
+    // The server takes a moment after each test before it accepts the next: it says "busy".
+    let mut tries = 0;
+    let (v, c0, c1) = loop {
+        let c0 = pid.map_or(0.0, cpu_seconds);
+        let out = Command::new("iperf3")
+            .args(["-c", "127.0.0.1", "-J", "-p"])
+            .arg(to.port().to_string())
+            .arg("-t")
+            .arg(format!("{}", window.as_secs_f64().max(1.0)))
+            .arg("-P")
+            .arg(streams.to_string())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let c1 = pid.map_or(0.0, cpu_seconds);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        tries += 1;
+        let busy = v["error"].as_str().is_some_and(|e| e.contains("busy"));
+        if !busy || tries >= 50 {
+            break (v, c0, c1);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let sum = &v["end"]["sum_received"];
+    let (bps, bytes) = (
+        sum["bits_per_second"].as_f64().unwrap_or(f64::NAN),
+        sum["bytes"].as_u64().unwrap_or(0),
+    );
+    if bytes == 0 {
+        eprintln!("  iperf3 to {to} failed: {}", v["error"]);
+    }
+    (bps / 1e9, c1 - c0, bytes)
 }
 
 // ---------------------------------------------------------------- measurements
@@ -427,6 +599,7 @@ fn ping(to: SocketAddr) -> [f64; 3] {
 fn conns_per_sec(
     rt: &tokio::runtime::Runtime,
     to: SocketAddr,
+    clients: usize,
     window: Duration,
     pid: Option<u32>,
 ) -> (f64, f64, u64) {
@@ -434,7 +607,7 @@ fn conns_per_sec(
         let done = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let tasks: Vec<_> = (0..CONN_CLIENTS)
+        let tasks: Vec<_> = (0..clients)
             .map(|_| {
                 let (done, failed, stop) = (done.clone(), failed.clone(), stop.clone());
                 tokio::spawn(async move {
@@ -558,52 +731,70 @@ fn median(v: &[f64]) -> Option<f64> {
 
 /// The rows of the table; each holds one value per round per target (NaN where it does not
 /// apply).
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Row {
     Bulk1,
     Bulk8,
+    CpuPerGb1,
+    CpuPerGb8,
+    InBulk1,
+    InBulk8,
     P50,
     P99,
     P999,
     Added50,
     Added99,
     Added999,
-    ConnsPerSec,
+    Conns1,
+    Conns64,
+    Conns512,
     CpuPerConn,
-    IdleRss,
-    CpuPerGb,
+    IdleRssSmall,
+    IdleRssLarge,
 }
 
-const ROWS: [Row; 12] = [
+const ROWS: [Row; 18] = [
     Row::Bulk1,
     Row::Bulk8,
+    Row::CpuPerGb1,
+    Row::CpuPerGb8,
+    Row::InBulk1,
+    Row::InBulk8,
     Row::P50,
     Row::P99,
     Row::P999,
     Row::Added50,
     Row::Added99,
     Row::Added999,
-    Row::ConnsPerSec,
+    Row::Conns1,
+    Row::Conns64,
+    Row::Conns512,
     Row::CpuPerConn,
-    Row::IdleRss,
-    Row::CpuPerGb,
+    Row::IdleRssSmall,
+    Row::IdleRssLarge,
 ];
 
 impl Row {
     fn label(self) -> &'static str {
         match self {
-            Row::Bulk1 => "bulk 1 stream, Gbit/s",
-            Row::Bulk8 => "bulk 8 streams, Gbit/s",
+            Row::Bulk1 => "bulk 1 stream (iperf3), Gbit/s",
+            Row::Bulk8 => "bulk 8 streams (iperf3), Gbit/s",
+            Row::CpuPerGb1 => "proxy CPU s per GB, 1 stream",
+            Row::CpuPerGb8 => "proxy CPU s per GB, 8 streams",
+            Row::InBulk1 => "bulk 1 stream (in-house), Gbit/s",
+            Row::InBulk8 => "bulk 8 streams (in-house)",
             Row::P50 => "64 B ping-pong p50, us",
             Row::P99 => "64 B ping-pong p99, us",
             Row::P999 => "64 B ping-pong p99.9, us",
             Row::Added50 => "added p50 vs direct, us",
             Row::Added99 => "added p99 vs direct, us",
             Row::Added999 => "added p99.9 vs direct, us",
-            Row::ConnsPerSec => "new connections/s (64 clients)",
-            Row::CpuPerConn => "proxy CPU us per connection",
-            Row::IdleRss => "RSS per idle connection, KiB",
-            Row::CpuPerGb => "proxy CPU s per GB",
+            Row::Conns1 => "new connections/s, 1 client",
+            Row::Conns64 => "new connections/s, 64 clients",
+            Row::Conns512 => "new connections/s, 512 clients",
+            Row::CpuPerConn => "proxy CPU us per conn (64 cl.)",
+            Row::IdleRssSmall => "RSS per idle conn, KiB (1k)",
+            Row::IdleRssLarge => "RSS per idle conn, KiB (large)",
         }
     }
 
@@ -611,22 +802,37 @@ impl Row {
         match self {
             Row::Bulk1 => "bulk_1_stream_gbit_s",
             Row::Bulk8 => "bulk_8_streams_gbit_s",
+            Row::CpuPerGb1 => "cpu_s_per_gb_1_stream",
+            Row::CpuPerGb8 => "cpu_s_per_gb_8_streams",
+            Row::InBulk1 => "inhouse_bulk_1_stream_gbit_s",
+            Row::InBulk8 => "inhouse_bulk_8_streams_gbit_s",
             Row::P50 => "ping_p50_us",
             Row::P99 => "ping_p99_us",
             Row::P999 => "ping_p999_us",
             Row::Added50 => "added_p50_us",
             Row::Added99 => "added_p99_us",
             Row::Added999 => "added_p999_us",
-            Row::ConnsPerSec => "connections_per_s",
+            Row::Conns1 => "connections_per_s_1",
+            Row::Conns64 => "connections_per_s_64",
+            Row::Conns512 => "connections_per_s_512",
             Row::CpuPerConn => "cpu_us_per_connection",
-            Row::IdleRss => "rss_per_idle_connection_kib",
-            Row::CpuPerGb => "cpu_s_per_gb",
+            Row::IdleRssSmall => "rss_per_idle_connection_kib_1k",
+            Row::IdleRssLarge => "rss_per_idle_connection_kib_large",
         }
     }
 
     /// Higher is better (else lower is).
     fn higher_is_better(self) -> bool {
-        matches!(self, Row::Bulk1 | Row::Bulk8 | Row::ConnsPerSec)
+        matches!(
+            self,
+            Row::Bulk1
+                | Row::Bulk8
+                | Row::InBulk1
+                | Row::InBulk8
+                | Row::Conns1
+                | Row::Conns64
+                | Row::Conns512
+        )
     }
 }
 
@@ -709,15 +915,23 @@ fn raise_nofile(want: u64) {
 }
 
 fn main() {
-    if std::env::var("LOCKGATE_BENCH_ROLE").as_deref() == Ok("idle-server") {
-        return idle_server();
+    match std::env::var("LOCKGATE_BENCH_ROLE").as_deref() {
+        Ok("idle-server") => return idle_server(),
+        Ok("conn-server") => return conn_server(),
+        _ => {}
     }
     let rounds = env_num("LOCKGATE_BENCH_ROUNDS", 5) as usize;
     let window = Duration::from_secs_f64(env_num("LOCKGATE_BENCH_SECS", 2) as f64);
-    let asked_idle = env_num("LOCKGATE_BENCH_IDLE", 10_000);
+    let asked_idle = env_num("LOCKGATE_BENCH_IDLE", 9_000);
     let with_copy = env_num("LOCKGATE_BENCH_COPY", 1) != 0;
     let only = std::env::var("LOCKGATE_BENCH_ONLY").unwrap_or_default();
-    let want = |group: &str| only.is_empty() || only.split(',').any(|g| g.trim() == group);
+    let want = |group: &str| {
+        if only.is_empty() {
+            group != "inhouse"
+        } else {
+            only.split(',').any(|g| g.trim() == group)
+        }
+    };
     // Client and server ends of every idle connection live here, and the proxies inherit it.
     // The proxies inherit the limit; each idle connection costs a proxy two descriptors.
     raise_nofile(asked_idle * 2 + 1024);
@@ -739,18 +953,23 @@ fn main() {
         .trim()
         .to_owned();
     let haproxy = haproxy_version();
+    let nginx = nginx_version();
+    let iperf3 = iperf3_version();
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let up = start_upstreams(&rt);
+    let up = start_upstreams();
     let dir = tempfile::tempdir().unwrap();
     let (lg_proc, lg_ports, lg_copy_ports) = start_lockgate(dir.path(), &up.addrs, with_copy);
     let hap = haproxy
         .as_ref()
-        .map(|_| start_haproxy(dir.path(), &up.addrs, cores, idle + 50));
+        .map(|_| start_haproxy(dir.path(), &up.addrs, cores, idle + 600));
+    let ngx = nginx
+        .as_ref()
+        .map(|_| start_nginx(dir.path(), &up.addrs, idle + 600));
 
     let mut targets = vec![Target::Direct, Target::Lockgate];
     if with_copy {
@@ -759,12 +978,16 @@ fn main() {
     if hap.is_some() {
         targets.push(Target::Haproxy);
     }
+    if ngx.is_some() {
+        targets.push(Target::Nginx);
+    }
     let addr = |t: Target, s: Service| -> SocketAddr {
         match t {
             Target::Direct => up.addrs[s as usize],
             Target::Lockgate => lg_ports[s as usize],
             Target::LockgateCopy => lg_copy_ports[s as usize],
             Target::Haproxy => hap.as_ref().map(|h| h.1[s as usize]).unwrap(),
+            Target::Nginx => ngx.as_ref().map(|h| h.1[s as usize]).unwrap(),
         }
     };
     let pid = |t: Target| -> Option<u32> {
@@ -772,16 +995,23 @@ fn main() {
             Target::Direct => None,
             Target::Lockgate | Target::LockgateCopy => Some(lg_proc.pid),
             Target::Haproxy => hap.as_ref().map(|h| h.0.pid),
+            Target::Nginx => ngx.as_ref().map(|h| h.0.pid),
         }
     };
 
     let machine = format!("{cores} cores, kernel {kernel}");
     println!(
-        "lockgate data path vs direct and {}: {rounds} rounds, {}s windows, {idle} idle connections ({machine}, RLIMIT_NOFILE {})",
+        "lockgate data path vs direct, {} and {}: {rounds} rounds, {}s windows, {IDLE_SMALL} and {idle} idle connections, bulk by {} ({machine}, RLIMIT_NOFILE {})",
         haproxy
             .as_deref()
             .unwrap_or("HAProxy (absent: install `haproxy` for its column)"),
+        nginx
+            .as_deref()
+            .unwrap_or("nginx (absent: install `nginx libnginx-mod-stream` for its column)"),
         window.as_secs_f64(),
+        iperf3
+            .as_deref()
+            .unwrap_or("the in-house client (iperf3 absent)"),
         nofile.map_or("unlimited".to_owned(), |n| n.to_string()),
     );
 
@@ -789,109 +1019,141 @@ fn main() {
         targets: targets.clone(),
         values: vec![vec![Vec::new(); targets.len()]; ROWS.len()],
     };
+    let index = |t: Target| targets.iter().position(|x| *x == t).unwrap();
     for round in 0..rounds {
         let mut order = targets.clone();
         order.rotate_left(round % targets.len());
         eprintln!("round {}/{rounds}: order {:?}", round + 1, order);
-        let mut cpu: Vec<(f64, u64)> = vec![(0.0, 0); targets.len()];
-        let bulks = if want("bulk") {
-            &[(Row::Bulk1, 1), (Row::Bulk8, 8)][..]
-        } else {
-            &[]
-        };
-        for &(row, streams) in bulks {
+        if want("bulk") {
+            for (row, cpu_row, streams) in [
+                (Row::Bulk1, Row::CpuPerGb1, 1),
+                (Row::Bulk8, Row::CpuPerGb8, 8),
+            ] {
+                for &t in &order {
+                    let (gbit, c, bytes) = if iperf3.is_some() {
+                        bulk_iperf3(addr(t, Service::Iperf), streams, window, pid(t))
+                    } else {
+                        bulk(addr(t, Service::Sink), streams, window, &up, pid(t))
+                    };
+                    res.push(row, t, gbit);
+                    let v = if pid(t).is_some() && bytes > 0 {
+                        c / (bytes as f64 / 1e9)
+                    } else {
+                        f64::NAN
+                    };
+                    res.push(cpu_row, t, v);
+                }
+            }
+        }
+        if want("inhouse") {
+            for (row, streams) in [(Row::InBulk1, 1), (Row::InBulk8, 8)] {
+                for &t in &order {
+                    let (gbit, _, _) = bulk(addr(t, Service::Sink), streams, window, &up, pid(t));
+                    res.push(row, t, gbit);
+                }
+            }
+        }
+        if want("ping") {
+            let mut p = vec![[0.0; 3]; targets.len()];
             for &t in &order {
-                let (gbit, c, bytes) = bulk(addr(t, Service::Sink), streams, window, &up, pid(t));
-                res.push(row, t, gbit);
-                let i = targets.iter().position(|x| *x == t).unwrap();
-                cpu[i].0 += c;
-                cpu[i].1 += bytes;
+                p[index(t)] = ping(addr(t, Service::Ping));
+            }
+            for (i, &t) in targets.iter().enumerate() {
+                res.push(Row::P50, t, p[i][0]);
+                res.push(Row::P99, t, p[i][1]);
+                res.push(Row::P999, t, p[i][2]);
+                res.push(Row::Added50, t, p[i][0] - p[0][0]);
+                res.push(Row::Added99, t, p[i][1] - p[0][1]);
+                res.push(Row::Added999, t, p[i][2] - p[0][2]);
             }
         }
-        for (i, &t) in targets.iter().enumerate() {
-            if !want("bulk") {
-                break;
-            }
-            let v = if pid(t).is_some() {
-                cpu[i].0 / (cpu[i].1 as f64 / 1e9)
-            } else {
-                f64::NAN
-            };
-            res.push(Row::CpuPerGb, t, v);
-        }
-        let mut p = vec![[0.0; 3]; targets.len()];
-        for &t in &order {
-            if !want("ping") {
-                break;
-            }
-            let i = targets.iter().position(|x| *x == t).unwrap();
-            p[i] = ping(addr(t, Service::Ping));
-        }
-        for (i, &t) in targets.iter().enumerate() {
-            if !want("ping") {
-                break;
-            }
-            res.push(Row::P50, t, p[i][0]);
-            res.push(Row::P99, t, p[i][1]);
-            res.push(Row::P999, t, p[i][2]);
-            res.push(Row::Added50, t, p[i][0] - p[0][0]);
-            res.push(Row::Added99, t, p[i][1] - p[0][1]);
-            res.push(Row::Added999, t, p[i][2] - p[0][2]);
-        }
-        for &t in &order {
-            if !want("conn") {
-                break;
-            }
-            let (cps, cpu, failed) = conns_per_sec(&rt, addr(t, Service::Conn), window, pid(t));
-            if failed > 0 {
-                eprintln!("  {}: {failed} connection cycles failed", t.name());
-            }
-            res.push(Row::ConnsPerSec, t, cps);
-            res.push(Row::CpuPerConn, t, cpu);
-        }
-        for &t in &order {
-            if !want("idle") {
-                break;
-            }
-            // A fresh proxy each time: "idle RSS" is that of a proxy that has carried nothing
-            // yet, not one whose allocator kept what earlier rows used.
-            let v = match t {
-                Target::Direct => f64::NAN,
-                Target::Lockgate | Target::LockgateCopy => {
-                    let (p, splice, copy) = start_lockgate(dir.path(), &up.addrs, with_copy);
-                    let to = if t == Target::Lockgate { splice } else { copy };
-                    idle_rss(&rt, to[Service::Idle as usize], idle, p.pid, &up) / 1024.0
+        if want("conn") {
+            for (row, clients) in [
+                (Row::Conns1, CONN_CLIENTS[0]),
+                (Row::Conns64, CONN_CLIENTS[1]),
+                (Row::Conns512, CONN_CLIENTS[2]),
+            ] {
+                for &t in &order {
+                    let (cps, cpu, failed) =
+                        conns_per_sec(&rt, addr(t, Service::Conn), clients, window, pid(t));
+                    if failed > 0 {
+                        eprintln!(
+                            "  {} ({clients} clients): {failed} connection cycles failed",
+                            t.name()
+                        );
+                    }
+                    res.push(row, t, cps);
+                    if row == Row::Conns64 {
+                        res.push(Row::CpuPerConn, t, cpu);
+                    }
                 }
-                Target::Haproxy => {
-                    let (p, front) = start_haproxy(dir.path(), &up.addrs, cores, idle + 50);
-                    idle_rss(&rt, front[Service::Idle as usize], idle, p.pid, &up) / 1024.0
+            }
+        }
+        if want("idle") {
+            for (row, count) in [
+                (Row::IdleRssSmall, IDLE_SMALL.min(idle)),
+                (Row::IdleRssLarge, idle),
+            ] {
+                for &t in &order {
+                    // A fresh proxy each time: "idle RSS" is that of a proxy that has carried
+                    // nothing yet, not one whose allocator kept what earlier rows used.
+                    let v = match t {
+                        Target::Direct => f64::NAN,
+                        Target::Lockgate | Target::LockgateCopy => {
+                            let (p, splice, copy) =
+                                start_lockgate(dir.path(), &up.addrs, with_copy);
+                            let to = if t == Target::Lockgate { splice } else { copy };
+                            idle_rss(&rt, to[Service::Idle as usize], count, p.pid, &up) / 1024.0
+                        }
+                        Target::Haproxy => {
+                            let (p, front) =
+                                start_haproxy(dir.path(), &up.addrs, cores, idle + 600);
+                            idle_rss(&rt, front[Service::Idle as usize], count, p.pid, &up) / 1024.0
+                        }
+                        Target::Nginx => {
+                            let (p, front) = start_nginx(dir.path(), &up.addrs, idle + 600);
+                            idle_rss(&rt, front[Service::Idle as usize], count, p.pid, &up) / 1024.0
+                        }
+                    };
+                    res.push(row, t, v);
                 }
-            };
-            res.push(Row::IdleRss, t, v);
+            }
         }
     }
 
     // The table.
     let lg = Target::Lockgate;
     let hp = Target::Haproxy;
+    let nx = Target::Nginx;
     let mut head = format!("\n{:<32}", "median of rounds");
     for t in &targets {
         let _ = write!(head, " {:>13}", t.name());
     }
     let _ = write!(
         head,
-        " {:>10} {:>10} {:>10}",
-        "lg/direct", "hap/direct", "lg/hap"
+        " {:>10} {:>10} {:>10} {:>10}",
+        "lg/direct", "hap/direct", "lg/hap", "lg/nginx"
     );
     println!("{head}");
     let mut json = format!(
-        "{{\n  \"machine\": {{\"cores\": {cores}, \"kernel\": \"{kernel}\"}},\n  \"haproxy\": {},\n  \"rounds\": {rounds},\n  \"window_s\": {},\n  \"idle_connections\": {idle},\n  \"rows\": {{\n",
+        "{{\n  \"machine\": {{\"cores\": {cores}, \"kernel\": \"{kernel}\"}},\n  \"haproxy\": {},\n  \"nginx\": {},\n  \"iperf3\": {},\n  \"rounds\": {rounds},\n  \"window_s\": {},\n  \"idle_connections\": {idle},\n  \"rows\": {{\n",
         haproxy
+            .as_ref()
+            .map_or("null".to_owned(), |v| format!("\"{v}\"")),
+        nginx
+            .as_ref()
+            .map_or("null".to_owned(), |v| format!("\"{v}\"")),
+        iperf3
             .as_ref()
             .map_or("null".to_owned(), |v| format!("\"{v}\"")),
         window.as_secs_f64()
     );
-    for (n, &row) in ROWS.iter().enumerate() {
+    let rows: Vec<Row> = ROWS
+        .iter()
+        .copied()
+        .filter(|&r| targets.iter().any(|&t| !res.get(r, t).is_empty()))
+        .collect();
+    for (n, &row) in rows.iter().enumerate() {
         let mut line = format!("{:<32}", row.label());
         for &t in &targets {
             let _ = write!(line, " {:>13}", cell(res.median(row, t)));
@@ -904,13 +1166,19 @@ fn main() {
                 res.ratio(row, t, Target::Direct)
             }
         };
-        let (lgd, hpd, lgh) = (vs_direct(lg), vs_direct(hp), res.ratio(row, lg, hp));
+        let (lgd, hpd, lgh, lgn) = (
+            vs_direct(lg),
+            vs_direct(hp),
+            res.ratio(row, lg, hp),
+            res.ratio(row, lg, nx),
+        );
         let _ = write!(
             line,
-            " {:>10} {:>10} {:>10}",
+            " {:>10} {:>10} {:>10} {:>10}",
             cell(lgd),
             cell(hpd),
-            cell(lgh)
+            cell(lgh),
+            cell(lgn)
         );
         println!("{line}");
         let _ = write!(json, "    \"{}\": {{", row.key());
@@ -925,10 +1193,11 @@ fn main() {
         }
         let _ = write!(
             json,
-            ", \"lockgate_over_direct\": {}, \"haproxy_over_direct\": {}, \"lockgate_over_haproxy\": {}, \"higher_is_better\": {}, \"rounds\": {{",
+            ", \"lockgate_over_direct\": {}, \"haproxy_over_direct\": {}, \"lockgate_over_haproxy\": {}, \"lockgate_over_nginx\": {}, \"higher_is_better\": {}, \"rounds\": {{",
             json_num(lgd),
             json_num(hpd),
             json_num(lgh),
+            json_num(lgn),
             row.higher_is_better()
         );
         for (i, &t) in targets.iter().enumerate() {
@@ -945,7 +1214,7 @@ fn main() {
                 vals.join(", ")
             );
         }
-        let _ = writeln!(json, "}}}}{}", if n + 1 < ROWS.len() { "," } else { "" });
+        let _ = writeln!(json, "}}}}{}", if n + 1 < rows.len() { "," } else { "" });
     }
     json.push_str("  }\n}\n");
     if haproxy.is_none() {
@@ -953,8 +1222,13 @@ fn main() {
             "\nHAProxy is not installed: its column and the lg/hap ratios are n/a (apt-get install haproxy)."
         );
     }
+    if nginx.is_none() {
+        println!(
+            "\nnginx with its stream module is not installed: its column and lg/nginx are n/a (apt-get install nginx libnginx-mod-stream)."
+        );
+    }
     println!(
-        "ratios are medians of per-round ratios; for latency and CPU lower is better; added-latency lg/hap is lockgate's added µs over HAProxy's."
+        "ratios are medians of per-round ratios; for latency, CPU and RSS lower is better; added-latency lg/hap is lockgate's added µs over HAProxy's."
     );
     let out: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/throughput.json");
     match std::fs::write(&out, json) {
@@ -963,4 +1237,5 @@ fn main() {
     }
     drop(lg_proc);
     drop(hap);
+    drop(ngx);
 }

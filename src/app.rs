@@ -214,15 +214,24 @@ impl App {
         if routes.is_empty() {
             warn!(lock = %c.name, "no route is gated by this lock; it is contended for nothing");
         }
-        let runtimes: Vec<Arc<RouteRuntime>> =
-            routes.iter().cloned().map(RouteRuntime::new).collect();
+        let suspicion = health::Suspicion::default();
+        let observed = c
+            .health
+            .as_ref()
+            .is_some_and(|h| h.observe_connects)
+            .then(|| suspicion.clone());
+        let runtimes: Vec<Arc<RouteRuntime>> = routes
+            .iter()
+            .cloned()
+            .map(|r| RouteRuntime::observed(r, observed.clone()))
+            .collect();
         if let Ok(mut all) = self.admin.routes.write() {
             for r in &runtimes {
                 all.insert(r.cfg.name.clone(), r.clone());
             }
         }
         let stop = CancellationToken::new();
-        let healthy = health::spawn(&c.name, c.health.clone(), stop.clone());
+        let healthy = health::spawn(&c.name, c.health.clone(), suspicion, stop.clone());
         let (coordinator, handle) = Coordinator::new(
             c.clone(),
             node_id.to_owned(),

@@ -23,6 +23,9 @@ pub const DEFAULT_HEALTH_INTERVAL_MS: u64 = 1000;
 pub const DEFAULT_HEALTH_TIMEOUT_MS: u64 = 500;
 pub const DEFAULT_HEALTH_RISE: u32 = 2;
 pub const DEFAULT_HEALTH_FALL: u32 = 2;
+/// Default `fast-interval-ms`: the spacing of the confirming probes that a failed client
+/// connect to the upstream starts (HAProxy's `fastinter`).
+pub const DEFAULT_HEALTH_FAST_INTERVAL_MS: u64 = 10;
 /// Default bound on connecting to a route's upstream.
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5000;
 /// Default bound on how long a half-closed connection may linger.
@@ -213,6 +216,11 @@ pub struct HealthConfig {
     pub rise: u32,
     /// Consecutive failures before the broker counts as down.
     pub fall: u32,
+    /// A gated route's refused or reset connect to its upstream starts a probe at once, and
+    /// while failures mount the probes run `fast_interval` apart (HAProxy's `observe layer4`
+    /// with `fastinter`): the probes decide, never the client's connect.
+    pub observe_connects: bool,
+    pub fast_interval: Duration,
 }
 
 /// One `[[route]]`.
@@ -349,6 +357,8 @@ struct RawHealth {
     timeout_ms: Option<Spanned<u64>>,
     rise: Option<Spanned<u32>>,
     fall: Option<Spanned<u32>>,
+    observe_connects: Option<bool>,
+    fast_interval_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -478,6 +488,8 @@ impl Config {
                 let _ = writeln!(out, "timeout-ms = {}", ms(h.timeout));
                 let _ = writeln!(out, "rise = {}", h.rise);
                 let _ = writeln!(out, "fall = {}", h.fall);
+                let _ = writeln!(out, "observe-connects = {}", h.observe_connects);
+                let _ = writeln!(out, "fast-interval-ms = {}", ms(h.fast_interval));
             }
         }
         for r in &self.routes {
@@ -565,12 +577,20 @@ impl CoordinatorConfig {
                 lines.push(format!("holder cut off from ZooKeeper (partition, ensemble down, frozen process): it fences within {} ms (F) of its last confirmed contact, {} ms before the server can give the lock away", ms(f.fence_after), ms(f.margin)));
             }
         }
-        match (&self.health, b.broker_dies) {
-            (Some(h), Some(t)) => lines.push(format!(
+        if let (Some(h), Some(t)) = (&self.health, b.broker_dies) {
+            lines.push(format!(
                 "holder's broker dies: the holder releases within {} ms (fall {} x interval {} ms + timeout {} ms) and the standby takes over at once",
                 ms(t), h.fall, ms(h.interval), ms(h.timeout)
+            ));
+        }
+        match &self.health {
+            Some(h) if h.observe_connects => lines.push(format!(
+                "holder's broker dies while clients connect: a refused or reset connect to the upstream starts a probe at once and up to {} more {} ms apart; {} failed probes in a row release within about {} ms plus the probes' connect times (the probes decide, not the client's connect)",
+                h.fall.saturating_sub(1), ms(h.fast_interval), h.fall,
+                ms(h.fast_interval.checked_mul(h.fall.saturating_sub(1)).unwrap_or(Duration::MAX))
             )),
-            _ => lines.push("holder's broker dies: no health check, so no failover (add [lock-coordinator.health-check])".to_owned()),
+            Some(_) => {}
+            None => lines.push("holder's broker dies: no health check, so no failover (add [lock-coordinator.health-check])".to_owned()),
         }
         lines
     }
@@ -1129,12 +1149,38 @@ fn validate_health(h: RawHealth) -> Result<HealthConfig, Bad> {
             None => Ok(default),
         }
     };
+    let fast_span = h.fast_interval_ms.as_ref().map(|t| t.span());
+    let fast_given = h.fast_interval_ms.is_some();
+    let fast_interval = bounded_ms(
+        h.fast_interval_ms,
+        "fast-interval-ms",
+        DEFAULT_HEALTH_FAST_INTERVAL_MS,
+        MAX_PERIOD_MS,
+    )?;
+    // The default never exceeds a shorter interval.
+    let fast_interval = if fast_given {
+        fast_interval
+    } else {
+        fast_interval.min(interval)
+    };
+    if fast_interval.is_zero() || fast_interval > interval {
+        return Err(bad(
+            fast_span.unwrap_or(0..0),
+            "fast-interval-ms",
+            format!(
+                "must be from 1 ms to the interval between probes ({} ms)",
+                interval.as_millis()
+            ),
+        ));
+    }
     Ok(HealthConfig {
         address,
         interval,
         timeout,
         rise: count(h.rise, "rise", DEFAULT_HEALTH_RISE)?,
         fall: count(h.fall, "fall", DEFAULT_HEALTH_FALL)?,
+        observe_connects: h.observe_connects.unwrap_or(true),
+        fast_interval,
     })
 }
 
@@ -1320,6 +1366,28 @@ lock-coordinator = "clients-lock"
 "#;
 
     #[test]
+    fn fast_interval_is_bounded_by_the_interval() {
+        let with = |keys: &str| {
+            let text = OK.replace(
+                "locks-folder = \"/tmp\"\n",
+                &format!("locks-folder = \"/tmp\"\n\n[lock-coordinator.health-check]\naddress = \"127.0.0.1:1\"\ntimeout-ms = 5\n{keys}\n"),
+            );
+            parse(&text).map(|c| c.coordinators[0].health.clone().unwrap())
+        };
+        let h = with("").unwrap();
+        assert!(h.observe_connects);
+        assert_eq!(h.fast_interval, Duration::from_millis(10));
+        // The default never exceeds a shorter interval.
+        assert_eq!(
+            with("interval-ms = 5").unwrap().fast_interval,
+            Duration::from_millis(5)
+        );
+        assert!(with("fast-interval-ms = 0").is_err());
+        assert!(with("interval-ms = 100\nfast-interval-ms = 101").is_err());
+        assert!(!with("observe-connects = false").unwrap().observe_connects);
+    }
+
+    #[test]
     fn defaults_are_filled_in() {
         let c = parse(OK).unwrap();
         assert_eq!(c.coordinators[0].check_period, Duration::from_millis(5000));
@@ -1395,6 +1463,8 @@ lock-coordinator = "clients-lock"
             timeout: Duration::from_millis(250),
             rise: 2,
             fall: 2,
+            observe_connects: true,
+            fast_interval: Duration::from_millis(10),
         });
         let b = c.failover_bounds();
         assert_eq!(b.holder_dies, Duration::ZERO);

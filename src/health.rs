@@ -13,12 +13,22 @@
 //! `lockgate_health_check_local_errors_total`. To make it rare, the probe opens the socket of
 //! its next attempt right after each attempt: a descriptor reserved for it, taken while the
 //! process still has some.
+//!
+//! Evidence from the data path (`observe-connects`, HAProxy's `observe layer4`): a gated
+//! route whose connect to its upstream is refused or reset raises a [`Suspicion`]. The probe
+//! loop then probes at once instead of at its next tick, and while failures mount it probes
+//! `fast-interval-ms` apart (HAProxy's `fastinter`) until `fall` failures in a row mark the
+//! broker down or one success clears it. The client's failed connect itself never counts as a
+//! failure: one flaky connect costs one probe, and the lock moves only when `fall` probes in a
+//! row fail. Suspicions coalesce (at most one pending), and none is acted on while the broker
+//! already counts as down.
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::net::TcpSocket;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -67,11 +77,24 @@ impl RiseFall {
     }
 }
 
+/// Evidence that the broker may be down: a gated route's connect to its upstream was refused
+/// or reset. Raising it asks the probe loop for a probe now; the probes decide.
+#[derive(Debug, Clone, Default)]
+pub struct Suspicion(Arc<Notify>);
+
+impl Suspicion {
+    /// Cheap and coalescing: many failed connects at once ask for one probe.
+    pub fn raise(&self) {
+        self.0.notify_one();
+    }
+}
+
 /// Starts probing; the receiver holds `true` while the broker is up. Without a health check
 /// the broker always counts as up.
 pub fn spawn(
     lock: &str,
     cfg: Option<HealthConfig>,
+    suspicion: Suspicion,
     cancel: CancellationToken,
 ) -> watch::Receiver<bool> {
     let Some(cfg) = cfg else {
@@ -85,7 +108,7 @@ pub fn spawn(
     tokio::spawn(async move {
         tokio::select! {
             _ = cancel.cancelled() => {}
-            _ = probe_loop(&lock, &cfg, &tx) => {}
+            _ = probe_loop(&lock, &cfg, &suspicion, &tx) => {}
         }
     });
     rx
@@ -146,8 +169,31 @@ async fn probe(cfg: &HealthConfig, reserved: &mut Option<(SocketAddr, TcpSocket)
     result
 }
 
-async fn probe_loop(lock: &str, cfg: &HealthConfig, tx: &watch::Sender<bool>) {
+/// What starts the next probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// The interval's tick.
+    Tick,
+    /// A failed client connect: probe now.
+    Suspected,
+    /// A down streak is under way after a suspicion: confirm `fast-interval-ms` later.
+    Confirm,
+}
+
+/// Whether the probe after this one is a fast confirmation: only while a streak that a
+/// suspicion started (or continued) heads down, and the broker still counts as up.
+fn confirm_next(started_by: Next, probe_failed: bool, still_up: bool) -> bool {
+    started_by != Next::Tick && probe_failed && still_up
+}
+
+async fn probe_loop(
+    lock: &str,
+    cfg: &HealthConfig,
+    suspicion: &Suspicion,
+    tx: &watch::Sender<bool>,
+) {
     let up_gauge = metrics::gauge!(m::HEALTH_CHECK_UP, "lock" => lock.to_owned());
+    let triggered = metrics::counter!(m::HEALTH_CHECK_TRIGGERED, "lock" => lock.to_owned());
     let failures = metrics::counter!(m::HEALTH_CHECK_FAILURES, "lock" => lock.to_owned());
     let local_errors = metrics::counter!(m::HEALTH_CHECK_LOCAL_ERRORS, "lock" => lock.to_owned());
     let mut reserved = None;
@@ -158,12 +204,32 @@ async fn probe_loop(lock: &str, cfg: &HealthConfig, tx: &watch::Sender<bool>) {
     let mut ticker = tokio::time::interval(cfg.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_error: Option<String> = None;
+    let mut confirming = false;
+    // Suspected probes run at most one per fast interval: a route that keeps failing while the
+    // probes pass (a `forward-to` other than the checked address) cannot storm the broker.
+    let mut next_suspected = tokio::time::Instant::now();
     loop {
-        ticker.tick().await;
+        let next = if confirming {
+            tokio::time::sleep(cfg.fast_interval).await;
+            Next::Confirm
+        } else {
+            tokio::select! {
+                biased;
+                _ = suspicion.0.notified(), if cfg.observe_connects && state.is_up() => Next::Suspected,
+                _ = ticker.tick() => Next::Tick,
+            }
+        };
+        if next == Next::Suspected {
+            triggered.increment(1);
+            tokio::time::sleep_until(next_suspected).await;
+            next_suspected = tokio::time::Instant::now() + cfg.fast_interval;
+        }
+        // Suspicions raised while this probe runs are about the state it is finding out.
         let result = match probe(cfg, &mut reserved).await {
             Probe::Up => Ok(()),
             Probe::Down(e) => Err(e),
             Probe::Local(e) => {
+                confirming = false;
                 local_errors.increment(1);
                 if !local_streak {
                     warn!(lock, address = %cfg.address, error = %e, "health probe could not run: a local resource error on this node (out of file descriptors or memory), not a broker failure; it counts neither way and the lock stays where it is");
@@ -185,12 +251,14 @@ async fn probe_loop(lock: &str, cfg: &HealthConfig, tx: &watch::Sender<bool>) {
         } else {
             last_error = None;
         }
-        if let Some(up) = state.observe(result.is_ok()) {
+        let flipped = state.observe(result.is_ok());
+        confirming = confirm_next(next, result.is_err(), state.is_up());
+        if let Some(up) = flipped {
             up_gauge.set(if up { 1.0 } else { 0.0 });
             if up {
                 info!(lock, address = %cfg.address, "local broker is up: contending for the lock");
             } else {
-                warn!(lock, address = %cfg.address, fall = cfg.fall, "local broker is down: giving up the lock");
+                warn!(lock, address = %cfg.address, fall = cfg.fall, confirmed_fast = (next != Next::Tick), "local broker is down: giving up the lock");
             }
             tx.send_replace(up);
         }
@@ -199,7 +267,20 @@ async fn probe_loop(lock: &str, cfg: &HealthConfig, tx: &watch::Sender<bool>) {
 
 #[cfg(test)]
 mod tests {
-    use super::RiseFall;
+    use super::{Next, RiseFall, confirm_next};
+
+    #[test]
+    fn only_a_suspected_down_streak_is_confirmed_fast() {
+        // The regular tick never speeds up: a broker nobody talks to is found at the interval.
+        assert!(!confirm_next(Next::Tick, true, true));
+        assert!(confirm_next(Next::Suspected, true, true));
+        assert!(confirm_next(Next::Confirm, true, true));
+        // A pass ends the burst: one flaky connect costs one probe.
+        assert!(!confirm_next(Next::Suspected, false, true));
+        assert!(!confirm_next(Next::Confirm, false, true));
+        // Down: nothing left to confirm.
+        assert!(!confirm_next(Next::Confirm, true, false));
+    }
 
     #[test]
     fn rise_and_fall_need_streaks() {

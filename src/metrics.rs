@@ -17,6 +17,7 @@ pub const FAILOVER_SECONDS: &str = "lockgate_failover_seconds";
 pub const HEALTH_CHECK_UP: &str = "lockgate_health_check_up";
 pub const HEALTH_CHECK_FAILURES: &str = "lockgate_health_check_failures_total";
 pub const HEALTH_CHECK_LOCAL_ERRORS: &str = "lockgate_health_check_local_errors_total";
+pub const HEALTH_CHECK_TRIGGERED: &str = "lockgate_health_check_triggered_total";
 pub const ADMIN_CONNECTIONS_REFUSED: &str = "lockgate_admin_connections_refused_total";
 pub const ROUTE_LISTENING: &str = "lockgate_route_listening";
 pub const ROUTE_BIND_ERRORS: &str = "lockgate_route_bind_errors_total";
@@ -94,6 +95,10 @@ pub fn describe() {
     describe_counter!(
         HEALTH_CHECK_LOCAL_ERRORS,
         "Health probes that could not run for a local reason (out of file descriptors or memory on this node); they count neither for nor against the broker."
+    );
+    describe_counter!(
+        HEALTH_CHECK_TRIGGERED,
+        "Health probes started at once by a gated route's refused or reset connect to its upstream (observe-connects); the probes, not the connect, decide."
     );
     describe_counter!(
         ADMIN_CONNECTIONS_REFUSED,

@@ -126,3 +126,71 @@ async fn many_cycles_leak_no_thread_and_no_descriptor() {
         );
     }
 }
+
+/// A client's connect that the dead broker refuses starts the health check at once
+/// (observe-connects): the holder confirms with `fall` fast probes and releases, so takeover
+/// takes milliseconds, not `interval-ms` × `fall` (2 s here, the defaults).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_client_connect_confirms_broker_death_in_milliseconds() {
+    const INTERVAL_MS: u64 = 1000;
+    const FALL: u32 = 2;
+    let mut p = pair(Some((INTERVAL_MS, 1, FALL))).await;
+    p.nodes[1].wait_standby("contending").await;
+    wait_serving(p.ports[0]).await;
+    p.up[0].stop_listening();
+    p.up[0].wait_refusing().await;
+    // The first client after the broker died: accepted by node0, whose connect upstream is
+    // refused.
+    let fault = Instant::now();
+    let c = try_connect(p.ports[0], Duration::from_millis(300)).await;
+    if let Some(c) = c {
+        abort(c);
+    }
+    wait_serving(p.ports[1]).await;
+    let took = fault.elapsed();
+    let slow_path = Duration::from_millis(INTERVAL_MS * u64::from(FALL));
+    eprintln!(
+        "broker death seen by a client's connect (interval {INTERVAL_MS} ms, fall {FALL}): takeover in {took:?}"
+    );
+    assert!(
+        took < slow_path / 4,
+        "took {took:?}: the failed connect did not speed up the check ({slow_path:?} by the interval alone)"
+    );
+    p.nodes[0].wait_standby("released: health").await;
+}
+
+/// One refused connect while the broker is fine (it listens again before the probe) moves
+/// nothing: the probe decides, and it passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_flaky_connect_does_not_move_the_lock() {
+    // fall 10: the broker is back long before nine fast probes (10 ms apart) could fail.
+    let mut p = pair(Some((1000, 1, 10))).await;
+    p.nodes[1].wait_standby("contending").await;
+    wait_serving(p.ports[0]).await;
+    // A connect the upstream refuses, then it listens again at once.
+    p.up[0].stop_listening();
+    p.up[0].wait_refusing().await;
+    if let Some(c) = try_connect(p.ports[0], Duration::from_millis(300)).await {
+        abort(c);
+    }
+    let deadline = Instant::now() + BOUND;
+    while !p.nodes[0]
+        .log_text()
+        .contains("cannot connect to the upstream")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node0 never saw the refused connect"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    p.up[0].resume_listening().await;
+    // Well past what a confirmed death takes (see above), node0 still serves and node1 does not.
+    let until = Instant::now() + Duration::from_millis(400);
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(serves(p.ports[0]).await, "node0 stopped serving");
+        assert!(!serves(p.ports[1]).await, "node1 serves: the lock moved");
+    }
+    assert!(!p.nodes[0].log_text().contains("giving up the lock"));
+}

@@ -48,6 +48,9 @@ pub struct RouteRuntime {
     /// `forward-to` names this host's loopback: no keepalive on that leg (a dead peer there is
     /// reported by the kernel at once), which saves three system calls per connection.
     upstream_is_loopback: bool,
+    /// A gated route's failed connects raise this (observe-connects): its lock's health check
+    /// probes at once.
+    suspicion: Option<crate::health::Suspicion>,
 }
 
 /// Why a connect to the upstream failed: the `reason` of
@@ -109,6 +112,14 @@ pub struct RouteView {
 
 impl RouteRuntime {
     pub fn new(cfg: RouteConfig) -> Arc<RouteRuntime> {
+        RouteRuntime::observed(cfg, None)
+    }
+
+    /// A route whose refused or reset upstream connects raise `suspicion`.
+    pub fn observed(
+        cfg: RouteConfig,
+        suspicion: Option<crate::health::Suspicion>,
+    ) -> Arc<RouteRuntime> {
         let r = cfg.name.clone();
         Arc::new(RouteRuntime {
             counters: Counters {
@@ -128,6 +139,7 @@ impl RouteRuntime {
             active_now: AtomicU64::new(0),
             listening_now: AtomicBool::new(false),
             upstream_is_loopback: is_loopback(&cfg.forward_to),
+            suspicion,
             cfg,
         })
     }
@@ -304,6 +316,18 @@ pub async fn accept_loop(
     route.set_listening(false);
 }
 
+/// A connect error that points at the broker (refused, reset, unreachable), not at this node.
+fn broker_may_be_down(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+    )
+}
+
 /// Counts a connection as active until the task ends, however it ends.
 struct ActiveGuard(Arc<RouteRuntime>);
 
@@ -400,6 +424,13 @@ async fn serve(
             } else {
                 ConnectFailure::Error
             };
+            // Strong evidence that the broker is gone: its health check probes now. A local
+            // shortage (out of descriptors or memory) says nothing about the broker.
+            if let Some(s) = &route.suspicion
+                && broker_may_be_down(&e)
+            {
+                s.raise();
+            }
             route.connect_errors[cause as usize].increment(1);
             if let Some(failures) = route.connect_error_log.event(cause) {
                 warn!(route = name, %peer, upstream = %route.cfg.forward_to, error = %explain(&e), failures, "cannot connect to the upstream; closing the client's connection (failures: how many since the last such line)");

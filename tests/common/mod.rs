@@ -107,6 +107,19 @@ impl Upstream {
         self.accept.abort();
     }
 
+    /// Waits until a stopped upstream refuses connects (its task drops the listener a moment
+    /// after `stop_listening`).
+    pub async fn wait_refusing(&self) {
+        let deadline = Instant::now() + BOUND;
+        while TcpStream::connect(self.addr).await.is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "the upstream never stopped listening"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
     /// Every connection's bytes, joined.
     pub fn received(&self) -> Vec<u8> {
         let all = self.received.lock().unwrap();
