@@ -304,7 +304,7 @@ fn systemd_units_match_the_cli() {
             one("ExecStart"),
             format!("{INSTALLED_BIN} run --config {config}")
         );
-        let check = format!("{INSTALLED_BIN} check --config {config}");
+        let check = format!("{INSTALLED_BIN} check --quiet --config {config}");
         assert_eq!(values(&d, "ExecStartPre"), [check.as_str()], "{unit}");
         assert_eq!(
             values(&d, "ExecReload"),
@@ -319,16 +319,26 @@ fn systemd_units_match_the_cli() {
             "config/lockgate.toml".to_owned()
         };
         let argv: Vec<&str> = check.split_whitespace().skip(1).collect();
-        assert_eq!(argv[..2], ["check", "--config"]);
-        let out = run(Command::new(bin).args(&argv[..2]).arg(root().join(&good)));
+        assert_eq!(argv[..3], ["check", "--quiet", "--config"]);
+        let out = run(Command::new(bin).args(&argv[..3]).arg(root().join(&good)));
         assert!(
             out.status.success(),
             "{unit}: check {good}:\n{}",
             text(&out)
         );
+        // Quiet: nothing for the journal when the config is valid.
+        assert!(
+            out.stdout.is_empty() && out.stderr.is_empty(),
+            "{unit}: {}",
+            text(&out)
+        );
         let bad = root().join("tests/bad-configs/07-zero-check-period.toml");
-        let out = run(Command::new(bin).args(&argv[..2]).arg(&bad));
+        let out = run(Command::new(bin).args(&argv[..3]).arg(&bad));
         assert_eq!(out.status.code(), Some(2), "{unit}: {}", text(&out));
+        assert!(
+            !out.stderr.is_empty(),
+            "{unit}: the reason goes to the journal"
+        );
     }
 }
 
