@@ -1,5 +1,5 @@
-//! Names the commit in `lockgate --version`: `git rev-parse --short=12 HEAD`, or "unknown
-//! commit" without git or a .git (a source tarball, a packaged build from an export).
+//! Names the commit in `lockgate --version` and `lockgate_build_info{commit}`: `git
+//! rev-parse --short=12 HEAD`, or "unknown" without git or a .git (a source tarball, a packaged build from an export).
 //! `LOCKGATE_COMMIT` in the environment overrides both (for builds outside a clone).
 
 use std::process::Command;
@@ -17,11 +17,8 @@ fn main() {
     println!("cargo:rerun-if-env-changed=LOCKGATE_COMMIT");
     println!("cargo:rerun-if-changed=build.rs");
     let commit = match std::env::var("LOCKGATE_COMMIT") {
-        Ok(c) if !c.is_empty() => format!("commit {c}"),
-        _ => match git(&["rev-parse", "--short=12", "HEAD"]) {
-            Some(c) => format!("commit {c}"),
-            None => "unknown commit".to_owned(),
-        },
+        Ok(c) if !c.is_empty() => c,
+        _ => git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".to_owned()),
     };
     println!("cargo:rustc-env=LOCKGATE_COMMIT={commit}");
     // Rebuild when HEAD moves: HEAD itself (a checkout) and the branch it names (a commit).

@@ -51,7 +51,7 @@ const EXIT_WRONG_DAEMON: u8 = 4;
 /// The version with the commit it was built from (build.rs).
 const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
-    " (",
+    " (commit ",
     env!("LOCKGATE_COMMIT"),
     ")"
 );

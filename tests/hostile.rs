@@ -698,7 +698,7 @@ async fn status_does_not_cost_the_ensemble() {
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         let lock = &v["locks"]["clients-lock"];
         assert_eq!(lock["held"], true, "{body}");
-        assert_eq!(lock["holder"]["node-id"], "node", "{body}");
+        assert_eq!(lock["holder"]["node_id"], "node", "{body}");
     }
     assert_eq!(
         relay.connections(),
