@@ -969,11 +969,7 @@ fn have(tool: &str, package: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        assert!(
-            std::env::var("CI").is_err(),
-            "{tool} is missing (apt-get install -y {package}), and CI requires this test"
-        );
-        eprintln!("skipped: {tool} is missing (apt-get install -y {package})");
+        common::skip::skipped(&format!("{tool} is missing (apt-get install -y {package})"));
     }
     ok
 }

@@ -75,11 +75,7 @@ async fn promtool_check(scrape: &str) {
         .stderr(Stdio::piped())
         .spawn()
     else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "promtool is required under CI"
-        );
-        eprintln!("skipped: promtool is not installed (apt-get install prometheus)");
+        common::skip::skipped("promtool is not installed (apt-get install -y prometheus)");
         return;
     };
     let mut stdin = child.stdin.take().unwrap();

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub mod java;
+pub mod skip;
 pub mod zk;
 
 /// The bound on every wait in these tests: generous, only there so a broken build fails
