@@ -829,3 +829,128 @@ fn alert_rules_pass_promtool_and_their_unit_tests() {
     assert!(out.status.success(), "promtool test rules:\n{}", text(&out));
     assert!(text(&out).contains("SUCCESS"), "{}", text(&out));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The installed configuration
+
+const INSTALLED_CONFIG: &str = "config/installed/lockgate.toml";
+const INSTALLED_LOCKS: &str = "/var/lib/lockgate/locks";
+
+/// What the installed config names is what the install creates: its locks folder is made by
+/// lockgate.tmpfiles and is the unit's StateDirectory, and it listens on loopback only.
+#[test]
+fn the_installed_config_names_what_the_install_creates() {
+    let config = read(INSTALLED_CONFIG);
+    assert!(
+        config.contains(&format!("locks-folder = \"{INSTALLED_LOCKS}\"")),
+        "{config}"
+    );
+    let tmpfiles = read("systemd/lockgate.tmpfiles");
+    assert!(
+        tmpfiles
+            .lines()
+            .any(|l| l.starts_with(&format!("d {INSTALLED_LOCKS} 0700 lockgate lockgate"))),
+        "{tmpfiles}"
+    );
+    let unit_text = read("systemd/lockgate.service");
+    let unit = directives(&unit_text);
+    let state = values(&unit, "StateDirectory").join(" ");
+    assert!(
+        state.split_whitespace().any(|d| d == "lockgate/locks"),
+        "{state}"
+    );
+    let mut listens = 0;
+    for line in config.lines().filter(|l| l.starts_with("listen = ")) {
+        let addr: std::net::SocketAddr = line
+            .trim_start_matches("listen = ")
+            .trim_matches('"')
+            .parse()
+            .unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert!(addr.ip().is_loopback(), "{INSTALLED_CONFIG}: {line}");
+        listens += 1;
+    }
+    assert_eq!(listens, 3, "admin and two routes");
+}
+
+/// A fresh install into a scratch root: `systemd-sysusers` and `systemd-tmpfiles --create`
+/// with the shipped files, then `lockgate check` on the installed config (its locks folder
+/// moved under that root) passes, prints nothing with --quiet, and every address it listens
+/// on is loopback.
+#[test]
+fn the_installed_config_passes_check_on_a_fresh_install() {
+    let tools = ["systemd-sysusers", "systemd-tmpfiles"].map(|t| {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join(t))
+                .find(|p| p.is_file())
+        })
+    });
+    let [Some(sysusers), Some(tmpfiles)] = tools else {
+        skip::skipped(
+            "systemd-sysusers or systemd-tmpfiles is missing (apt-get install -y systemd)",
+        );
+        return;
+    };
+    let root_dir = tempfile::tempdir().unwrap();
+    let r = root_dir.path();
+    for (from, to) in [
+        (
+            "systemd/lockgate.sysusers",
+            "usr/lib/sysusers.d/lockgate.conf",
+        ),
+        (
+            "systemd/lockgate.tmpfiles",
+            "usr/lib/tmpfiles.d/lockgate.conf",
+        ),
+        (INSTALLED_CONFIG, "etc/lockgate/lockgate.toml"),
+    ] {
+        let to = r.join(to);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(root().join(from), &to).unwrap();
+    }
+    let root_arg = format!("--root={}", r.display());
+    let out = run(Command::new(&sysusers).arg(&root_arg));
+    assert!(out.status.success(), "systemd-sysusers: {}", text(&out));
+    let out = run(Command::new(&tmpfiles).args(["--create", &root_arg]));
+    assert!(out.status.success(), "systemd-tmpfiles: {}", text(&out));
+    let locks = r.join(INSTALLED_LOCKS.trim_start_matches('/'));
+    assert!(locks.is_dir(), "{} not created", locks.display());
+
+    let installed = r.join("etc/lockgate/lockgate.toml");
+    let moved = std::fs::read_to_string(&installed).unwrap().replace(
+        &format!("\"{INSTALLED_LOCKS}\""),
+        &format!("\"{}\"", locks.display()),
+    );
+    std::fs::write(&installed, moved).unwrap();
+    let bin = env!("CARGO_BIN_EXE_lockgate");
+    let out = run(Command::new(bin)
+        .args(["check", "--quiet", "--config"])
+        .arg(&installed));
+    assert!(out.status.success(), "check: {}", text(&out));
+    assert!(
+        out.stdout.is_empty() && out.stderr.is_empty(),
+        "{}",
+        text(&out)
+    );
+    let out = run(Command::new(bin)
+        .args(["check", "--json", "--config"])
+        .arg(&installed));
+    assert!(out.status.success(), "check: {}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut addrs: Vec<String> = v["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["listen"].as_str().unwrap().to_owned())
+        .collect();
+    addrs.push(v["admin"].as_str().unwrap().to_owned());
+    for a in &addrs {
+        let a: std::net::SocketAddr = a.parse().unwrap();
+        assert!(a.ip().is_loopback(), "{a}");
+    }
+    assert_eq!(
+        v["locks"][0]["locks_folder"],
+        locks.display().to_string(),
+        "{v}"
+    );
+}
