@@ -348,3 +348,84 @@ async fn log_formats_and_a_fatal_error_said_once() {
         "the fatal error should be said once:\n{log}"
     );
 }
+
+/// Stops the quick-start ensemble (by the PIDs its script recorded) on every exit path.
+struct Ensemble {
+    script: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl Ensemble {
+    fn command(&self, what: &str) -> std::process::Command {
+        let mut c = std::process::Command::new("bash");
+        c.arg(&self.script)
+            .arg(what)
+            .env("LOCKGATE_ZK_DIR", self.dir.path())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        c
+    }
+}
+
+impl Drop for Ensemble {
+    fn drop(&mut self) {
+        let _ = self.command("stop").output();
+    }
+}
+
+/// The README's three-server ZooKeeper quick start: the script starts an ensemble from
+/// Debian's package, and the ha-pair-zookeeper example (its connect-string moved to the
+/// script's ports) reaches it: `lockgate status` exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_zookeeper_quickstart_serves_the_example() {
+    if !common::zk::available() {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = root.join("config/examples/ha-pair-zookeeper");
+    let ports: Vec<u16> = (0..9).map(|_| free_port()).collect();
+    let list = |p: &[u16]| p.iter().map(u16::to_string).collect::<Vec<_>>().join(" ");
+    let zk = Ensemble {
+        script: example.join("zookeeper-quickstart.sh"),
+        dir: tempfile::tempdir().unwrap(),
+        env: vec![
+            ("LOCKGATE_ZK_CLIENT_PORTS".into(), list(&ports[0..3])),
+            ("LOCKGATE_ZK_QUORUM_PORTS".into(), list(&ports[3..6])),
+            ("LOCKGATE_ZK_ELECTION_PORTS".into(), list(&ports[6..9])),
+        ],
+    };
+    let out = tokio::task::spawn_blocking({
+        let mut c = zk.command("start");
+        move || c.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ensemble ready"),
+        "{}",
+        text(&out)
+    );
+
+    let connect = ports[0..3]
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let original = std::fs::read_to_string(example.join("server0.toml")).unwrap();
+    let moved = original.replace(
+        "connect-string = \"127.0.0.1:2181,127.0.0.1:2182,127.0.0.1:2183\"",
+        &format!("connect-string = \"{connect}\""),
+    );
+    assert_ne!(moved, original, "the example's connect-string moved");
+    let config = zk.dir.path().join("server0.toml");
+    std::fs::write(&config, moved).unwrap();
+    let out = cli(&["status"], &config).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("clients-lock (zookeeper"), "{said}");
+    let out = zk.command("status").output().unwrap();
+    let modes = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(modes.matches("leader").count(), 1, "{modes}");
+    assert_eq!(modes.matches("follower").count(), 2, "{modes}");
+}
