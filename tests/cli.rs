@@ -91,6 +91,13 @@ async fn status_exit_codes_and_json() {
         "{}",
         text(&out)
     );
+    let out = cli(&["check"], &zk).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("the negotiated session was not checked"),
+        "{}",
+        text(&out)
+    );
     let out = cli(&["status", "--json"], &zk).await;
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     let v = json(&out);
@@ -428,4 +435,42 @@ async fn the_zookeeper_quickstart_serves_the_example() {
     let modes = String::from_utf8_lossy(&out.stdout);
     assert_eq!(modes.matches("leader").count(), 1, "{modes}");
     assert_eq!(modes.matches("follower").count(), 2, "{modes}");
+    // tickTime 2000: the 18 s session is granted, and check says so.
+    let out = cli(&["check"], &config).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("the servers grant the session asked: S = 18000 ms"),
+        "{said}"
+    );
+
+    // tickTime 500: the servers cap sessions at 10 s; check warns, with the figures for 10 s.
+    let out = zk.command("stop").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let mut zk = zk;
+    zk.env.push(("LOCKGATE_ZK_TICK_MS".into(), "500".into()));
+    let out = tokio::task::spawn_blocking({
+        let mut c = zk.command("start");
+        move || c.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let out = cli(&["check"], &config).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("WARNING: the servers grant a session of 10000 ms, not the 18000 ms asked"),
+        "{said}"
+    );
+    assert!(said.contains("with S = 10000 ms"), "{said}");
+    let out = cli(&["check", "--json"], &config).await;
+    assert_eq!(json(&out)["locks"][0]["negotiated_session_ms"], 10000);
+    // --quiet never asks ZooKeeper.
+    let out = cli(&["check", "--quiet"], &config).await;
+    assert!(
+        out.status.success() && out.stdout.is_empty(),
+        "{}",
+        text(&out)
+    );
 }

@@ -13,9 +13,10 @@
 # 127.0.0.1: clients 2181-2183, quorum 2888-2890, election 3888-3890 (lists of three in
 # LOCKGATE_ZK_CLIENT_PORTS, LOCKGATE_ZK_QUORUM_PORTS, LOCKGATE_ZK_ELECTION_PORTS override them;
 # then change the example's connect-string to match).
-# tickTime=2000, so a server grants sessions up to 20 ticks = 40 s (maxSessionTimeout): the
-# example's session-ms = 18000 is granted as asked. (With tickTime=500 the ceiling would be
-# 10 s, and a session asked for 18 s would be cut to 10 s, shortening F and the margin.)
+# tickTime=2000 (LOCKGATE_ZK_TICK_MS), so a server grants sessions up to 20 ticks = 40 s
+# (maxSessionTimeout): the example's session-ms = 18000 is granted as asked. With
+# LOCKGATE_ZK_TICK_MS=500 the ceiling is 10 s, a session asked for 18 s is cut to 10 s, and
+# `lockgate check` says so with the figures that result.
 set -euo pipefail
 
 DIR=${LOCKGATE_ZK_DIR:-/tmp/lockgate-zookeeper}
@@ -59,7 +60,7 @@ start() {
     mkdir -p "$d/data"
     echo "$i" > "$d/data/myid"
     cat > "$d/zoo.cfg" <<CFG
-tickTime=2000
+tickTime=${LOCKGATE_ZK_TICK_MS:-2000}
 initLimit=10
 syncLimit=5
 dataDir=$d/data
