@@ -759,25 +759,7 @@ impl<G: Gate> Coordinator<G> {
             s.held = held;
             s.term = term;
             s.state = state;
-            // A repeat of the last one (ZooKeeper down: "contending" again and again) is
-            // counted, not kept again, so the history still shows what came before.
-            match s.transitions.back_mut() {
-                Some(t) if t.to == to && t.reason == reason && t.term == term => {
-                    t.count = t.count.saturating_add(1);
-                    t.last_at_unix_ms = now;
-                }
-                _ => s.transitions.push_back(Transition {
-                    to,
-                    reason,
-                    term,
-                    at_unix_ms: now,
-                    count: 1,
-                    last_at_unix_ms: now,
-                }),
-            }
-            while s.transitions.len() > TRANSITIONS_KEPT {
-                s.transitions.pop_front();
-            }
+            record(&mut s.transitions, to, reason, term, now);
         });
     }
 
@@ -791,6 +773,35 @@ impl<G: Gate> Coordinator<G> {
                 *counted = whole;
             }
         }
+    }
+}
+
+/// Appends a transition to the history (at most [`TRANSITIONS_KEPT`]). A repeat of the last
+/// one (ZooKeeper down: "contending" again and again) is counted, not kept again, so the
+/// history still shows what came before.
+fn record(
+    history: &mut VecDeque<Transition>,
+    to: &'static str,
+    reason: String,
+    term: u64,
+    now: u64,
+) {
+    match history.back_mut() {
+        Some(t) if t.to == to && t.reason == reason && t.term == term => {
+            t.count = t.count.saturating_add(1);
+            t.last_at_unix_ms = now;
+        }
+        _ => history.push_back(Transition {
+            to,
+            reason,
+            term,
+            at_unix_ms: now,
+            count: 1,
+            last_at_unix_ms: now,
+        }),
+    }
+    while history.len() > TRANSITIONS_KEPT {
+        history.pop_front();
     }
 }
 
@@ -1018,5 +1029,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn repeated_transitions_are_merged_with_a_count() {
+        let mut h = std::collections::VecDeque::new();
+        super::record(&mut h, "active", "acquired".into(), 1, 10);
+        for at in 20..36 {
+            super::record(&mut h, "standby", "contending".into(), 1, at);
+        }
+        super::record(&mut h, "active", "acquired".into(), 2, 40);
+        assert_eq!(h.len(), 3, "{h:?}");
+        assert_eq!(
+            (h[1].count, h[1].at_unix_ms, h[1].last_at_unix_ms),
+            (16, 20, 35)
+        );
+        assert_eq!(h[0].reason, "acquired");
+        // Different reasons are each kept, up to the bound.
+        for i in 0..40 {
+            super::record(&mut h, "standby", format!("r{i}"), 2, 50 + i);
+        }
+        assert_eq!(h.len(), super::TRANSITIONS_KEPT);
+        assert_eq!(h.back().map(|t| t.reason.as_str()), Some("r39"));
     }
 }
