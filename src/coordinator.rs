@@ -698,11 +698,13 @@ impl<G: Gate> Coordinator<G> {
 
     /// Publishes the standby reasons no release already published.
     fn report(&mut self, before: Machine, after: Machine) {
-        if before.phase == after.phase || self.published {
+        if before.phase == after.phase {
             return;
         }
         match after.phase {
+            // Contending again after a loss or a release: said after the reason.
             Phase::Contending => self.publish_standby("contending"),
+            _ if self.published => {}
             Phase::Idle => self.publish_standby("broker down"),
             Phase::HoldingOff => self.publish_standby("holding off"),
             Phase::Active { .. } | Phase::Stopped => {}

@@ -184,7 +184,15 @@ async fn port_in_use_hands_the_lock_to_the_peer() {
     std::fs::create_dir(&locks).unwrap();
     let (up0, up1) = (Upstream::start().await, Upstream::start().await);
     let (port0, port1) = (free_port(), free_port());
-    let squatter = std::net::TcpListener::bind(("127.0.0.1", port0)).unwrap();
+    // The squatter sets SO_REUSEPORT, as a second instance of some server might: a listener
+    // that also set it would bind beside it and serve. lockgate must not.
+    let squatter =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    squatter.set_reuse_port(true).unwrap();
+    squatter
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], port0)).into())
+        .unwrap();
+    squatter.listen(128).unwrap();
     let spec = |id, port, up: &Upstream| NodeSpec {
         node_id: id,
         locks: &locks,
@@ -209,7 +217,15 @@ async fn port_in_use_hands_the_lock_to_the_peer() {
         "{}",
         node0.log_text()
     );
-    assert_never_two(&sampler.finish().await);
+    let report = sampler.finish().await;
+    // The squatter never answers; node0 never forwarded a byte to its broker.
+    assert!(
+        up0.received().is_empty(),
+        "node0 forwarded: {:?}",
+        up0.received()
+    );
+    assert_eq!(report.a_served, 0, "{report:?}");
+    assert_never_two(&report);
     drop(squatter);
 }
 

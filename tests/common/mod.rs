@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub mod java;
+pub mod netns;
 pub mod skip;
 pub mod zk;
 
@@ -220,6 +221,18 @@ impl Node {
         dir: &Path,
         env: &[(&str, &str)],
     ) -> Node {
+        Node::start_prepared(name, config, dir, env, |_| None).await
+    }
+
+    /// As `start_with_env`; `prepare` may adjust the command before it spawns (e.g. to enter
+    /// a network namespace) and return a file to keep open until then.
+    pub async fn start_prepared(
+        name: &str,
+        config: &Path,
+        dir: &Path,
+        env: &[(&str, &str)],
+        prepare: impl FnOnce(&mut Command) -> Option<std::fs::File>,
+    ) -> Node {
         let sock_path = dir.join(format!("{name}.notify"));
         let _ = std::fs::remove_file(&sock_path);
         let sock = UnixDatagram::bind(&sock_path).unwrap();
@@ -235,8 +248,8 @@ impl Node {
             }
         });
         let log = dir.join(format!("{name}.log"));
-        let child = lockgate()
-            .arg("run")
+        let mut cmd = lockgate();
+        cmd.arg("run")
             .arg("--config")
             .arg(config)
             .env("NOTIFY_SOCKET", &sock_path)
@@ -245,9 +258,10 @@ impl Node {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+            .kill_on_drop(true);
+        let keep = prepare(&mut cmd);
+        let child = cmd.spawn().unwrap();
+        drop(keep);
         let pid = child.id().unwrap() as i32;
         let mut node = Node {
             name: name.to_owned(),
@@ -509,6 +523,10 @@ pub struct SamplerReport {
     pub a_served: u32,
     pub b_served: u32,
     pub both: u32,
+    /// When A last served (its second probe of a sample), and when B first served: one clock,
+    /// so "A stopped before B started" is a comparison of two instants of the same sampler.
+    pub a_last: Option<std::time::Instant>,
+    pub b_first: Option<std::time::Instant>,
 }
 
 impl Sampler {
@@ -533,8 +551,16 @@ impl Sampler {
             while !s.load(Ordering::Relaxed) && tx.borrow().samples < 100_000 {
                 let a1 = probe.serves(a).await;
                 let b1 = probe.serves(b).await;
+                let b_at = std::time::Instant::now();
                 let a2 = probe.serves(a).await;
+                let a_at = std::time::Instant::now();
                 tx.send_modify(|r| {
+                    if a1 || a2 {
+                        r.a_last = Some(a_at);
+                    }
+                    if b1 && r.b_first.is_none() {
+                        r.b_first = Some(b_at);
+                    }
                     r.samples += 1;
                     r.a_served += u32::from(a1 && a2);
                     r.b_served += u32::from(b1);

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use super::{BOUND, free_port};
 
-const JARS: [&str; 2] = [
+pub const JARS: [&str; 2] = [
     "/usr/share/java/zookeeper.jar",
     "/usr/share/java/slf4j-simple.jar",
 ];
@@ -63,6 +63,11 @@ pub fn external() -> Option<String> {
 
 impl Ensemble {
     pub async fn start(n: usize) -> Ensemble {
+        Ensemble::start_with(n, "").await
+    }
+
+    /// As `start`, with extra zoo.cfg lines (e.g. `forceSync=no`).
+    pub async fn start_with(n: usize, extra_cfg: &str) -> Ensemble {
         let dir = tempfile::tempdir().unwrap();
         if let Some(cs) = external().filter(|_| n == 1) {
             return Ensemble {
@@ -82,6 +87,7 @@ impl Ensemble {
                 "tickTime=500\ninitLimit=20\nsyncLimit=10\ndataDir={}\nclientPort={client}\nclientPortAddress=127.0.0.1\nminSessionTimeout=1000\nmaxSessionTimeout=60000\nadmin.enableServer=false\n4lw.commands.whitelist=*\n",
                 data.display()
             );
+            cfg += extra_cfg;
             if n > 1 {
                 std::fs::write(data.join("myid"), format!("{}\n", i + 1)).unwrap();
                 for (j, (_, q, e)) in ports.iter().enumerate() {
