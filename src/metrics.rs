@@ -2,7 +2,9 @@
 //!
 //! Recorded through the `metrics` facade into a Prometheus recorder installed once at start
 //! ([`install`]); the admin server renders it at `GET /metrics`. Labels: `lock`, `route`,
-//! `reason`, `direction`, `to`, `version`. Hot paths hold pre-built handles.
+//! `reason`, `direction`, `to`, `version`, `commit`. Hot paths hold pre-built handles. Every
+//! series of a lock or route is created at 0 when it starts ([`register_lock`],
+//! [`register_route`]).
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
