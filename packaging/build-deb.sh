@@ -32,7 +32,8 @@ printf 'Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.
 
 mkdir -p target/debian
 deb="target/debian/lockgate_${version}_${arch}.deb"
-if cargo deb --version >/dev/null 2>&1; then
+# LOCKGATE_DEB_TOOL=dpkg-deb forces the fallback even where cargo-deb is installed.
+if [ "${LOCKGATE_DEB_TOOL:-}" != dpkg-deb ] && cargo deb --version >/dev/null 2>&1; then
   cargo deb --no-build --output "$deb"
   echo "built $deb (cargo deb)"
   exit 0
