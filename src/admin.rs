@@ -50,6 +50,7 @@ use crate::config::CoordinatorConfig;
 use crate::coordinator::{Command, LockState};
 use crate::lock;
 use crate::route::listener::RouteRuntime;
+use crate::status::Holder;
 
 /// The largest request head the endpoint reads.
 const MAX_REQUEST_HEAD: usize = 16 * 1024;
@@ -458,11 +459,11 @@ async fn status(state: &State, fresh: bool) -> serde_json::Value {
         // While this node holds the lock, it is the holder: no read needed to say so.
         let holder = if s.held {
             serde_json::json!({
-                "node-id": node_id,
+                "node_id": node_id,
                 "host": crate::config::hostname().unwrap_or_default(),
                 "pid": std::process::id(),
                 "term": s.term,
-                "since-unix-ms": s.since_unix_ms,
+                "since_unix_ms": s.since_unix_ms,
             })
         } else {
             serde_json::Value::Null
@@ -494,6 +495,11 @@ async fn status(state: &State, fresh: bool) -> serde_json::Value {
     })
 }
 
+/// Owner records in the key style of all of lockgate's JSON (snake_case).
+fn holders(queue: &[lock::OwnerRecord]) -> Vec<Holder> {
+    queue.iter().map(Holder::from).collect()
+}
+
 /// The holder of one lock per its backend: the last result if it is under a second old or a
 /// read is still running, else a new read within [`FRESH_BOUND`].
 async fn observe_fresh(state: &State, name: &str, cfg: &CoordinatorConfig) -> serde_json::Value {
@@ -505,7 +511,7 @@ async fn observe_fresh(state: &State, name: &str, cfg: &CoordinatorConfig) -> se
         if recent || slot.in_flight.swap(true, Ordering::AcqRel) {
             let mut v = slot.value.clone();
             if let (Some(o), Some(at)) = (v.as_object_mut(), slot.at) {
-                o.insert("age-ms".into(), (at.elapsed().as_millis() as u64).into());
+                o.insert("age_ms".into(), (at.elapsed().as_millis() as u64).into());
             }
             if slot.in_flight.load(Ordering::Acquire) && !recent {
                 return serde_json::json!({ "error": "a read of the lock service is still running (storage not answering?)", "last": v });
@@ -516,12 +522,14 @@ async fn observe_fresh(state: &State, name: &str, cfg: &CoordinatorConfig) -> se
     };
     let value = match tokio::time::timeout(FRESH_BOUND, read_holder(cfg, flag.clone())).await {
         Ok(Ok((lock::Observed::Held(Some(r)), queue))) => {
-            serde_json::json!({ "held": true, "holder": r, "queue": queue })
+            serde_json::json!({ "held": true, "holder": Holder::from(&r), "queue": holders(&queue) })
         }
         Ok(Ok((lock::Observed::Held(None), queue))) => {
-            serde_json::json!({ "held": true, "holder": null, "queue": queue })
+            serde_json::json!({ "held": true, "holder": null, "queue": holders(&queue) })
         }
-        Ok(Ok((lock::Observed::Free(r), _))) => serde_json::json!({ "held": false, "last": r }),
+        Ok(Ok((lock::Observed::Free(r), _))) => {
+            serde_json::json!({ "held": false, "last": r.as_ref().map(Holder::from) })
+        }
         Ok(Ok((lock::Observed::Absent, _))) => serde_json::json!({ "held": false, "last": null }),
         Ok(Err(e)) => serde_json::json!({ "error": e.to_string() }),
         Err(_) => serde_json::json!({

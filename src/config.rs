@@ -436,8 +436,14 @@ impl Config {
             let key = key_of_toml_error(e.message(), text, &span);
             locate(path, text, bad(span, &key, e.message().trim().to_owned()))
         })?;
-        let base = path.parent().unwrap_or_else(|| Path::new("."));
-        validate(raw, base, path).map_err(|b| locate(path, text, b))
+        // Relative paths resolve against the config file's folder, made absolute here (no
+        // file system access) so that `check` prints them as the daemon uses them.
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| Path::new("."));
+        let base = std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf());
+        validate(raw, &base, path).map_err(|b| locate(path, text, b))
     }
 
     pub fn coordinator(&self, name: &str) -> Option<&CoordinatorConfig> {

@@ -341,12 +341,16 @@ pub struct LockState {
     pub transitions: VecDeque<Transition>,
 }
 
+/// One transition, or a run of identical ones in a row (same target, reason and term):
+/// `count` of them, the first `at_unix_ms`, the last `last_at_unix_ms`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Transition {
     pub to: &'static str,
     pub reason: String,
     pub term: u64,
     pub at_unix_ms: u64,
+    pub count: u64,
+    pub last_at_unix_ms: u64,
 }
 
 /// How many transitions `LockState` keeps.
@@ -426,6 +430,9 @@ impl<G: Gate> Coordinator<G> {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let name = self.cfg.name.clone();
         info!(lock = %name, path = %self.lock.describe(), check_period_ms = self.cfg.check_period.as_millis() as u64, "lock coordinator started");
+        m::register_lock(&name, !self.is_file());
+        // The locks folder was there when the config was loaded.
+        self.file_backend_up(true);
         self.publish_standby("starting");
         let mut health_open = true;
         let mut next_tick = Instant::now() + self.cfg.check_period;
@@ -483,6 +490,7 @@ impl<G: Gate> Coordinator<G> {
             }
             LockEvent::Lost(e) => {
                 let reason = e.reason();
+                self.file_backend_seen(reason);
                 self.lost = Some(e);
                 Event::Lost { reason }
             }
@@ -628,9 +636,13 @@ impl<G: Gate> Coordinator<G> {
                 None
             }
             Action::Check => match self.lock.check().await {
-                Ok(()) => None,
+                Ok(()) => {
+                    self.file_backend_up(true);
+                    None
+                }
                 Err(e) => {
                     let reason = e.reason();
+                    self.file_backend_seen(reason);
                     self.lost = Some(e);
                     Some(Event::Lost { reason })
                 }
@@ -655,6 +667,7 @@ impl<G: Gate> Coordinator<G> {
         let name = self.cfg.name.clone();
         let open_us = started.elapsed().as_micros() as u64;
         self.last_error = None;
+        self.file_backend_up(true);
         info!(lock = %name, term, reason = "acquired", open_us, "lock acquired: gated routes are open");
         if let Some(since) = self.contend_since.take() {
             metrics::histogram!(m::FAILOVER_SECONDS, "lock" => name.clone())
@@ -670,6 +683,7 @@ impl<G: Gate> Coordinator<G> {
 
     /// Logs a contention error once while it persists, and counts every one.
     fn acquire_error(&mut self, e: LockError) {
+        self.file_backend_seen(e.reason());
         let name = &self.cfg.name;
         metrics::counter!(m::LOCK_BACKEND_ERRORS, "lock" => name.clone(), "reason" => e.reason())
             .increment(1);
@@ -694,6 +708,28 @@ impl<G: Gate> Coordinator<G> {
             Phase::Idle => self.publish_standby("broker down"),
             Phase::HoldingOff => self.publish_standby("holding off"),
             Phase::Active { .. } | Phase::Stopped => {}
+        }
+    }
+
+    fn is_file(&self) -> bool {
+        matches!(self.cfg.backend, crate::config::BackendConfig::File { .. })
+    }
+
+    /// `lockgate_lock_backend_up` of a file lock (ZooKeeper's session task sets its own).
+    fn file_backend_up(&self, up: bool) {
+        if self.is_file() {
+            metrics::gauge!(m::LOCK_BACKEND_UP, "lock" => self.cfg.name.clone()).set(if up {
+                1.0
+            } else {
+                0.0
+            });
+        }
+    }
+
+    /// A file lock's storage is down after an I/O error, an I/O timeout or a missing folder.
+    fn file_backend_seen(&self, reason: &str) {
+        if matches!(reason, "io_error" | "io_timeout" | "folder_missing") {
+            self.file_backend_up(false);
         }
     }
 
@@ -725,15 +761,7 @@ impl<G: Gate> Coordinator<G> {
             s.held = held;
             s.term = term;
             s.state = state;
-            s.transitions.push_back(Transition {
-                to,
-                reason,
-                term,
-                at_unix_ms: now,
-            });
-            while s.transitions.len() > TRANSITIONS_KEPT {
-                s.transitions.pop_front();
-            }
+            record(&mut s.transitions, to, reason, term, now);
         });
     }
 
@@ -747,6 +775,35 @@ impl<G: Gate> Coordinator<G> {
                 *counted = whole;
             }
         }
+    }
+}
+
+/// Appends a transition to the history (at most [`TRANSITIONS_KEPT`]). A repeat of the last
+/// one (ZooKeeper down: "contending" again and again) is counted, not kept again, so the
+/// history still shows what came before.
+fn record(
+    history: &mut VecDeque<Transition>,
+    to: &'static str,
+    reason: String,
+    term: u64,
+    now: u64,
+) {
+    match history.back_mut() {
+        Some(t) if t.to == to && t.reason == reason && t.term == term => {
+            t.count = t.count.saturating_add(1);
+            t.last_at_unix_ms = now;
+        }
+        _ => history.push_back(Transition {
+            to,
+            reason,
+            term,
+            at_unix_ms: now,
+            count: 1,
+            last_at_unix_ms: now,
+        }),
+    }
+    while history.len() > TRANSITIONS_KEPT {
+        history.pop_front();
     }
 }
 
@@ -974,5 +1031,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn repeated_transitions_are_merged_with_a_count() {
+        let mut h = std::collections::VecDeque::new();
+        super::record(&mut h, "active", "acquired".into(), 1, 10);
+        for at in 20..36 {
+            super::record(&mut h, "standby", "contending".into(), 1, at);
+        }
+        super::record(&mut h, "active", "acquired".into(), 2, 40);
+        assert_eq!(h.len(), 3, "{h:?}");
+        assert_eq!(
+            (h[1].count, h[1].at_unix_ms, h[1].last_at_unix_ms),
+            (16, 20, 35)
+        );
+        assert_eq!(h[0].reason, "acquired");
+        // Different reasons are each kept, up to the bound.
+        for i in 0..40 {
+            super::record(&mut h, "standby", format!("r{i}"), 2, 50 + i);
+        }
+        assert_eq!(h.len(), super::TRANSITIONS_KEPT);
+        assert_eq!(h.back().map(|t| t.reason.as_str()), Some("r39"));
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! Recorded through the `metrics` facade into a Prometheus recorder installed once at start
 //! ([`install`]); the admin server renders it at `GET /metrics`. Labels: `lock`, `route`,
-//! `reason`, `direction`, `to`, `version`. Hot paths hold pre-built handles.
+//! `reason`, `direction`, `to`, `version`, `commit`. Hot paths hold pre-built handles. Every
+//! series of a lock or route is created at 0 when it starts ([`register_lock`],
+//! [`register_route`]).
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -52,6 +54,7 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
         .install_recorder()?;
     describe();
     build_info();
+    register_process();
     Ok(handle)
 }
 
@@ -77,7 +80,7 @@ pub fn describe() {
     );
     describe_gauge!(
         LOCK_BACKEND_UP,
-        "1 while the lock service (ZooKeeper) is reachable."
+        "1 while the lock service is reachable: ZooKeeper, a session is connected; file, the last attempt or check on the locks folder completed (0 after an I/O error, an I/O timeout or a missing folder)."
     );
     describe_histogram!(
         FAILOVER_SECONDS,
@@ -146,10 +149,117 @@ pub fn describe() {
         LOCK_IDENTITY_CHANGES,
         "Reloads that changed what names a lock (lock-id, type, locks-folder, connect-string, namespace): until every node agrees, two nodes may each hold a lock of that name."
     );
-    describe_gauge!(BUILD_INFO, "Always 1; the version is a label.");
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version and the commit are labels."
+    );
+}
+
+/// Every label value lockgate uses for a reason, per metric, so that each series exists at 0
+/// from the start (an alert on `increase(...)` sees the first event, and a dashboard shows 0,
+/// not "No data"). One style: snake_case.
+pub const LOCK_STANDBY_REASONS: &[&str] = &["health", "bind_failed", "shutdown", "step_down"];
+pub const FILE_LOCK_ERRORS: &[&str] = &[
+    "folder_missing",
+    "io_error",
+    "io_timeout",
+    "inode_changed",
+    "removed",
+];
+pub const ZOOKEEPER_LOCK_ERRORS: &[&str] = &[
+    "unreachable",
+    "zookeeper_error",
+    "session_ended",
+    "node_deleted",
+    "lease_expired",
+];
+/// Why a gated route's connections were reset (the gate's close reasons).
+pub const KILL_REASONS: &[&str] = &[
+    "lock_lost",
+    "health",
+    "bind_failed",
+    "shutdown",
+    "step_down",
+];
+pub const TIMEOUT_REASONS: &[&str] = &[
+    "client_inactive",
+    "server_inactive",
+    "tunnel_inactive",
+    "half_close",
+    "peer_unresponsive",
+];
+pub const BIND_ERROR_REASONS: &[&str] = &[
+    "addr_in_use",
+    "addr_not_available",
+    "permission_denied",
+    "out_of_fds",
+    "other",
+    "reload",
+];
+
+/// The reason label of a failed bind.
+pub fn bind_reason(e: &std::io::Error) -> &'static str {
+    if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
+        return "out_of_fds";
+    }
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => "addr_in_use",
+        std::io::ErrorKind::AddrNotAvailable => "addr_not_available",
+        std::io::ErrorKind::PermissionDenied => "permission_denied",
+        _ => "other",
+    }
+}
+
+/// Creates every series of one lock at its resting value (counters 0, held 0).
+pub fn register_lock(lock: &str, zookeeper: bool) {
+    let l = || lock.to_owned();
+    metrics::gauge!(LOCK_HELD, "lock" => l()).set(0.0);
+    metrics::gauge!(LOCK_TERM, "lock" => l()).increment(0.0);
+    metrics::counter!(LOCK_HELD_SECONDS, "lock" => l()).increment(0);
+    metrics::counter!(LOCK_IDENTITY_CHANGES, "lock" => l()).increment(0);
+    metrics::counter!(LOCK_TRANSITIONS, "lock" => l(), "to" => "active", "reason" => "acquired")
+        .increment(0);
+    let errors = if zookeeper {
+        ZOOKEEPER_LOCK_ERRORS
+    } else {
+        FILE_LOCK_ERRORS
+    };
+    for reason in LOCK_STANDBY_REASONS.iter().chain(errors) {
+        metrics::counter!(LOCK_TRANSITIONS, "lock" => l(), "to" => "standby", "reason" => *reason)
+            .increment(0);
+    }
+    for reason in errors {
+        metrics::counter!(LOCK_BACKEND_ERRORS, "lock" => l(), "reason" => *reason).increment(0);
+    }
+    // Registered, so the histogram's _count and _sum are there at 0.
+    let _ = metrics::histogram!(FAILOVER_SECONDS, "lock" => l());
+}
+
+/// Creates every series of one route at 0.
+pub fn register_route(route: &str, gated: bool) {
+    let r = || route.to_owned();
+    let kills: &[&str] = if gated { KILL_REASONS } else { &["shutdown"] };
+    for reason in kills {
+        metrics::counter!(CONNECTIONS_KILLED, "route" => r(), "reason" => *reason).increment(0);
+    }
+    for reason in TIMEOUT_REASONS {
+        metrics::counter!(CONNECTIONS_TIMED_OUT, "route" => r(), "reason" => *reason).increment(0);
+    }
+    for reason in BIND_ERROR_REASONS {
+        metrics::counter!(ROUTE_BIND_ERRORS, "route" => r(), "reason" => *reason).increment(0);
+    }
+}
+
+/// The process-wide series at 0.
+pub fn register_process() {
+    metrics::counter!(CONFIG_RELOADS).increment(0);
+    metrics::counter!(CONFIG_RELOAD_ERRORS).increment(0);
+    for reason in ["limit", "fd_reserve"] {
+        metrics::counter!(ADMIN_CONNECTIONS_REFUSED, "reason" => reason).increment(0);
+    }
 }
 
 /// `lockgate_build_info{version} 1`.
 pub fn build_info() {
-    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "commit" => env!("LOCKGATE_COMMIT")).set(1.0);
 }

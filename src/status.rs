@@ -10,46 +10,98 @@ use crate::lock::{self, Observed, OwnerRecord};
 /// reported as "storage not answering" instead of hanging the command.
 pub const OBSERVE_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// One line per lock coordinator (plus one per queued standby), within [`OBSERVE_BOUND`] per
-/// lock. A read that overruns keeps its blocking thread; the caller must not wait for it (the
-/// command exits without joining the runtime's blocking threads).
-pub async fn report(config: &Config) -> String {
+/// What `lockgate status` found for one lock.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LockStatus {
+    pub lock: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub lock_id: String,
+    /// "held", "free" or "unknown" (the lock service did not answer, or answered an error).
+    pub state: &'static str,
+    /// The holder (state "held") or the last holder (state "free"), when its record is readable.
+    pub holder: Option<Holder>,
+    /// ZooKeeper: the standbys queued behind the holder, in order.
+    pub queue: Vec<Holder>,
+    /// Why the state is "unknown".
+    pub error: Option<String>,
+}
+
+/// An owner record, with the key style of every JSON lockgate prints (snake_case).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Holder {
+    pub node_id: String,
+    pub host: String,
+    pub pid: u32,
+    pub term: u64,
+    pub since_unix_ms: u64,
+}
+
+impl From<&OwnerRecord> for Holder {
+    fn from(r: &OwnerRecord) -> Holder {
+        Holder {
+            node_id: r.node_id.clone(),
+            host: r.host.clone(),
+            pid: r.pid,
+            term: r.term,
+            since_unix_ms: r.acquired_at_unix_ms,
+        }
+    }
+}
+
+/// Reads every lock, within [`OBSERVE_BOUND`] each. A read that overruns keeps its blocking
+/// thread; the caller must not wait for it (the command exits without joining the runtime's
+/// blocking threads).
+pub async fn observe_all(config: &Config) -> Vec<LockStatus> {
+    let mut out = Vec::new();
+    for c in &config.coordinators {
+        let mut s = LockStatus {
+            lock: c.name.clone(),
+            kind: c.backend.type_name(),
+            lock_id: c.lock_id.clone(),
+            state: "unknown",
+            holder: None,
+            queue: Vec::new(),
+            error: None,
+        };
+        match tokio::time::timeout(OBSERVE_BOUND, lock::observe(c)).await {
+            Err(_) => {
+                s.error = Some(format!(
+                    "storage not answering within {} ms",
+                    OBSERVE_BOUND.as_millis()
+                ))
+            }
+            Ok(Err(e)) => s.error = Some(e.to_string()),
+            Ok(Ok((observed, queue))) => {
+                s.queue = queue.iter().map(Holder::from).collect();
+                let (state, record) = match observed {
+                    Observed::Held(r) => ("held", r),
+                    Observed::Free(r) => ("free", r),
+                    Observed::Absent => ("free", None),
+                };
+                s.state = state;
+                s.holder = record.as_ref().map(Holder::from);
+            }
+        }
+        out.push(s);
+    }
+    out
+}
+
+/// One line per lock coordinator (plus one per queued standby).
+pub fn render(locks: &[LockStatus]) -> String {
     let now = lock::unix_ms_now();
     let mut out = String::new();
-    for c in &config.coordinators {
-        let observed = match tokio::time::timeout(OBSERVE_BOUND, lock::observe(c)).await {
-            Ok(r) => r,
-            Err(_) => {
-                let _ = writeln!(
-                    out,
-                    "{} ({} lock-id {}): unknown: storage not answering within {} ms",
-                    c.name,
-                    c.backend.type_name(),
-                    c.lock_id,
-                    OBSERVE_BOUND.as_millis()
-                );
-                continue;
-            }
+    for s in locks {
+        let line = match (s.state, &s.holder) {
+            ("held", Some(h)) => format!("held by {}", describe(h, now)),
+            ("held", None) => "held (owner record not readable yet)".to_owned(),
+            ("free", Some(h)) => format!("free (last held by {})", describe(h, now)),
+            ("free", None) => "free (never held)".to_owned(),
+            _ => format!("unknown: {}", s.error.as_deref().unwrap_or("no answer")),
         };
-        let (line, queue) = match observed {
-            Ok((Observed::Held(Some(r)), q)) => (format!("held by {}", describe(&r, now)), q),
-            Ok((Observed::Held(None), q)) => ("held (owner record not readable yet)".to_owned(), q),
-            Ok((Observed::Free(Some(r)), q)) => {
-                (format!("free (last held by {})", describe(&r, now)), q)
-            }
-            Ok((Observed::Free(None), q)) | Ok((Observed::Absent, q)) => {
-                ("free (never held)".to_owned(), q)
-            }
-            Err(e) => (format!("unknown: {e}"), Vec::new()),
-        };
-        let _ = writeln!(
-            out,
-            "{} ({} lock-id {}): {line}",
-            c.name,
-            c.backend.type_name(),
-            c.lock_id
-        );
-        for (i, r) in queue.iter().enumerate() {
+        let _ = writeln!(out, "{} ({} lock-id {}): {line}", s.lock, s.kind, s.lock_id);
+        for (i, r) in s.queue.iter().enumerate() {
             let _ = writeln!(
                 out,
                 "  standby {}: node {} (host {}, pid {})",
@@ -63,15 +115,20 @@ pub async fn report(config: &Config) -> String {
     out
 }
 
-fn describe(r: &OwnerRecord, now_ms: u64) -> String {
-    let ago = now_ms.saturating_sub(r.acquired_at_unix_ms) / 1000;
+/// The text report of [`observe_all`].
+pub async fn report(config: &Config) -> String {
+    render(&observe_all(config).await)
+}
+
+fn describe(r: &Holder, now_ms: u64) -> String {
+    let ago = now_ms.saturating_sub(r.since_unix_ms) / 1000;
     format!(
         "node {} (host {}, pid {}), term {}, since {} ({ago} s ago)",
         r.node_id,
         r.host,
         r.pid,
         r.term,
-        utc(r.acquired_at_unix_ms)
+        utc(r.since_unix_ms)
     )
 }
 

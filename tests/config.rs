@@ -93,3 +93,64 @@ fn a_missing_config_file_is_named() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no/such/lockgate.toml"));
 }
+
+/// The reference config says it sets every key to its default: its effective configuration
+/// equals that of a config with only its required keys.
+#[test]
+fn the_reference_config_sets_every_key_to_its_default() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let minimal = r#"
+[admin]
+
+[[lock-coordinator]]
+name = "clients-lock"
+type = "file"
+lock-id = "mirror-cluster-clients"
+locks-folder = "locks"
+
+[lock-coordinator.health-check]
+address = "127.0.0.1:61626"
+
+[[route]]
+name = "clients"
+listen = "127.0.0.1:61616"
+forward-to = "127.0.0.1:61626"
+lock-coordinator = "clients-lock"
+
+[[route]]
+name = "mirror"
+listen = "127.0.0.1:61001"
+forward-to = "127.0.0.1:61011"
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("locks")).unwrap();
+    let path = dir.path().join("minimal.toml");
+    std::fs::write(&path, minimal).unwrap();
+    let effective = |p: &Path| -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lockgate"))
+            .args(["check", "--json", "--config"])
+            .arg(p)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        // The locks folder is the same relative path, made absolute from two places.
+        v["effective"]
+            .as_str()
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("locks-folder = "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let reference = effective(&root.join("config/lockgate.toml"));
+    assert_eq!(
+        reference,
+        effective(&path),
+        "config/lockgate.toml sets a key to a value other than its default"
+    );
+}

@@ -698,7 +698,7 @@ async fn status_does_not_cost_the_ensemble() {
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         let lock = &v["locks"]["clients-lock"];
         assert_eq!(lock["held"], true, "{body}");
-        assert_eq!(lock["holder"]["node-id"], "node", "{body}");
+        assert_eq!(lock["holder"]["node_id"], "node", "{body}");
     }
     assert_eq!(
         relay.connections(),
@@ -969,11 +969,7 @@ fn have(tool: &str, package: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        assert!(
-            std::env::var("CI").is_err(),
-            "{tool} is missing (apt-get install -y {package}), and CI requires this test"
-        );
-        eprintln!("skipped: {tool} is missing (apt-get install -y {package})");
+        common::skip::skipped(&format!("{tool} is missing (apt-get install -y {package})"));
     }
     ok
 }

@@ -121,6 +121,7 @@ impl RouteRuntime {
         suspicion: Option<crate::health::Suspicion>,
     ) -> Arc<RouteRuntime> {
         let r = cfg.name.clone();
+        m::register_route(&r, cfg.lock.is_some());
         Arc::new(RouteRuntime {
             counters: Counters {
                 to_upstream: metrics::counter!(m::FORWARDED_BYTES, "route" => r.clone(), "direction" => "to_upstream"),

@@ -176,7 +176,7 @@ impl Gate for GatedRoutes {
             match Bound::bind(route, lease.clone()) {
                 Ok(b) => self.bound.push(b),
                 Err(e) => {
-                    metrics::counter!(m::ROUTE_BIND_ERRORS, "route" => route.cfg.name.clone(), "reason" => format!("{:?}", e.kind()))
+                    metrics::counter!(m::ROUTE_BIND_ERRORS, "route" => route.cfg.name.clone(), "reason" => m::bind_reason(&e))
                         .increment(1);
                     let message = format!(
                         "route \"{}\": cannot listen on {}: {}",

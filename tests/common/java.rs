@@ -20,11 +20,7 @@ pub fn sources() -> PathBuf {
 }
 
 fn missing(what: &str, hint: &str) -> bool {
-    assert!(
-        std::env::var("CI").is_err(),
-        "{what} is missing ({hint}), and CI requires these tests"
-    );
-    eprintln!("skipped: {what} is missing ({hint})");
+    super::skip::skipped(&format!("{what} is missing ({hint})"));
     false
 }
 

@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 
 pub mod java;
 pub mod netns;
+pub mod skip;
 pub mod zk;
 
 /// The bound on every wait in these tests: generous, only there so a broken build fails
