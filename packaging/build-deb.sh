@@ -11,8 +11,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release --locked
-bin=target/release/lockgate
+# LOCKGATE_DEB_PROFILE=debug packs the debug build (CI: the tests already built it, and the
+# package's files are what is checked, not the binary's speed); it always packs with dpkg-deb.
+if [ "${LOCKGATE_DEB_PROFILE:-release}" = debug ]; then
+  cargo build --locked
+  bin=target/debug/lockgate
+  export LOCKGATE_DEB_TOOL=dpkg-deb
+else
+  cargo build --release --locked
+  bin=target/release/lockgate
+fi
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 arch=$(dpkg --print-architecture)
 assets=target/deb-assets

@@ -563,6 +563,15 @@ impl<G: Gate> Coordinator<G> {
                 self.closed.as_ref()?;
                 let started = Instant::now();
                 let lease = self.lock.lease();
+                if !lease.is_valid() {
+                    // The acquisition came too late to use (the lease ran out before we got to
+                    // it): a gate opened now would accept clients it cannot serve while the
+                    // lock may already be elsewhere.
+                    self.lost = Some(LockError::LeaseExpired);
+                    return Some(Event::Lost {
+                        reason: LockError::LeaseExpired.reason(),
+                    });
+                }
                 match self.gate.open(term, lease).await {
                     Ok(()) => {
                         self.closed = None;

@@ -31,7 +31,7 @@ use lockgate::coordinator::{Action, Event, Machine, Phase};
 use lockgate::lock::zookeeper::{self, Confirm};
 
 /// Ticks until the model's clock stops (ZooKeeper; the file lock needs few: it has no lease).
-const T_MAX: u8 = 7;
+const T_MAX: u8 = 6;
 const T_MAX_FILE: u8 = 2;
 /// A session expires this many ticks after its last contact with the quorum.
 const S_TICKS: u8 = 4;
@@ -110,8 +110,6 @@ struct Node {
     alive: bool,
     /// The broker's real health (what the next health event says).
     broker_up: bool,
-    /// The check-period elapsed since the last tick event.
-    ticked: bool,
     /// A hold-off timer runs since this tick; it ends at a later tick.
     hold_off: Option<u8>,
     mailbox: VecDeque<Mail>,
@@ -152,6 +150,9 @@ struct World {
     stale_view: Option<Vec<(u8, u8, u8)>>,
     /// The file lock's holder.
     flock: Option<u8>,
+    /// A node moved bytes after its lease ran out (a write in progress when it was frozen,
+    /// resumed on waking before anything else ran).
+    late_write: Option<u8>,
     faults: [u8; 7],
 }
 
@@ -177,7 +178,6 @@ impl Model {
             frozen: false,
             alive: true,
             broker_up: true,
-            ticked: false,
             hold_off: None,
             mailbox: VecDeque::new(),
             want: false,
@@ -208,6 +208,7 @@ impl Model {
             next_seq: 0,
             stale_view: None,
             flock: None,
+            late_write: None,
             faults: [0; 7],
         }
     }
@@ -252,11 +253,25 @@ impl Model {
     }
 
     fn check_safety(&self, w: &World) -> Result<(), String> {
+        if let Some(i) = w.late_write {
+            return Err(format!("node {i} wrote after its lease ran out"));
+        }
         let forwarding: Vec<usize> = (0..w.nodes.len())
             .filter(|i| self.forwards(w, *i))
             .collect();
         if forwarding.len() > 1 {
             return Err(format!("two nodes forward at once: {forwarding:?}"));
+        }
+        // A frozen process cannot serve (its kernel may still complete handshakes on its
+        // listener: a documented limit); every other open gate counts.
+        let open: Vec<usize> = (0..w.nodes.len())
+            .filter(|i| {
+                let n = &w.nodes[*i];
+                n.alive && !n.frozen && n.gate
+            })
+            .collect();
+        if open.len() > 1 {
+            return Err(format!("two gates open at once: {open:?}"));
         }
         if let Some(&i) = forwarding.first()
             && self.service_holder(w) != Some(i)
@@ -329,7 +344,19 @@ impl Model {
                 self.contend(n);
             }
             Action::Withdraw => self.withdraw(w, i),
-            Action::OpenGate { .. } => w.nodes[i].gate = true,
+            Action::OpenGate { .. } => {
+                // Production's driver: an acquisition whose lease already ran out is a loss.
+                if self.lease_valid(w, &w.nodes[i]) {
+                    w.nodes[i].gate = true;
+                } else {
+                    Self::feed(
+                        &mut w.nodes[i],
+                        Event::Lost {
+                            reason: "lease_expired",
+                        },
+                    );
+                }
+            }
             Action::CloseGate(_) | Action::DrainGate { .. } => {
                 let n = &mut w.nodes[i];
                 n.gate = false;
@@ -384,14 +411,19 @@ impl Model {
                 out.push((format!("node {i} ends its write"), v));
             }
         }
-        if w.t < t_max {
+        // A running process does what it has to do now before time passes (only a frozen one
+        // lags): its queued actions, and fencing once its lease has run out.
+        let urgent = w.nodes.iter().any(|n| {
+            n.alive
+                && !n.frozen
+                && (!n.pending.is_empty() || (n.m.holds() && !self.lease_valid(w, n)))
+        });
+        if w.t < t_max && !urgent {
             let mut v = w.clone();
             v.t += 1;
             let t = v.t;
             let cut = v.stale_view.is_some();
             for n in &mut v.nodes {
-                // A tick does something only while holding (the liveness check).
-                n.ticked = n.m.holds();
                 n.renewed = false;
                 if n.alive && !n.frozen && n.connected && !(n.via_stale && cut) && n.session_alive {
                     n.last_touch = t;
@@ -461,12 +493,8 @@ impl Model {
             Self::feed(&mut v.nodes[i], Event::Health(up));
             push(format!("node {i} sees health {up}"), v);
         }
-        if n.ticked {
-            let mut v = w.clone();
-            v.nodes[i].ticked = false;
-            Self::feed(&mut v.nodes[i], Event::Tick);
-            push(format!("node {i} ticks"), v);
-        }
+        // The check-period tick is left out: in these models its liveness check (file: the
+        // same file, I/O answers; ZooKeeper: the lease) adds nothing to the lease timer above.
         if n.hold_off.is_some_and(|since| w.t > since) && n.m.phase == Phase::HoldingOff {
             let mut v = w.clone();
             v.nodes[i].hold_off = None;
@@ -584,12 +612,7 @@ impl Model {
             out.push((format!("node {i} cannot reach ZooKeeper"), v));
         }
         // Renewals.
-        if n.holding
-            && n.connected
-            && n.inflight.is_none()
-            && n.session_alive
-            && !n.renewed
-        {
+        if n.holding && n.connected && n.inflight.is_none() && n.session_alive && !n.renewed {
             let mut v = w.clone();
             let g = n.generation;
             let in_quorum = w.queue.iter().any(|q| ours(q, g));
@@ -691,7 +714,31 @@ impl Model {
             if n.frozen {
                 let mut v = w.clone();
                 v.nodes[i].frozen = false;
-                out.push((format!("node {i} is thawed (SIGCONT)"), v));
+                // A write in progress at the freeze resumes as the process wakes, alongside its
+                // coordinator: it moves bytes only if the data path does not check the lease
+                // before every write.
+                if n.writing && n.gate && !self.lease_valid(w, n) && !self.sc.lease_every_write {
+                    v.late_write = Some(i as u8);
+                }
+                // Waking, it fences before anything else if its lease ran out (its listener
+                // stayed open in the kernel while frozen: the documented limit, exempt above).
+                if !self.lease_valid(&v, &v.nodes[i]) {
+                    if v.nodes[i].m.holds() {
+                        Self::feed(
+                            &mut v.nodes[i],
+                            Event::Lost {
+                                reason: "lease_expired",
+                            },
+                        );
+                    }
+                    while v.nodes[i].gate && !v.nodes[i].pending.is_empty() {
+                        self.execute(&mut v, i);
+                    }
+                }
+                out.push((
+                    format!("node {i} is thawed (SIGCONT) and fences if it must"),
+                    v,
+                ));
             } else if can(F_FREEZE) && n.gate {
                 let mut v = w.clone();
                 v.nodes[i].frozen = true;
@@ -895,12 +942,20 @@ fn explore(sc: Scenario) -> usize {
     };
     while let Some((at, w)) = frontier.pop_front() {
         if let Err(e) = model.check_safety(&w) {
-            panic!("[{}] invariant broken: {e}\ntrace:\n  {}", sc.name, trace(&trail, at));
+            panic!(
+                "[{}] invariant broken: {e}\ntrace:\n  {}",
+                sc.name,
+                trace(&trail, at)
+            );
         }
         if at as usize % LIVENESS_SAMPLE == 0
             && let Err(e) = model.live(&w)
         {
-            panic!("[{}] liveness broken: {e}\ntrace:\n  {}", sc.name, trace(&trail, at));
+            panic!(
+                "[{}] liveness broken: {e}\ntrace:\n  {}",
+                sc.name,
+                trace(&trail, at)
+            );
         }
         for (k, (_, next)) in model.steps(&w, true, t_max).into_iter().enumerate() {
             if !seen.insert(fingerprint(&next)) {
@@ -910,7 +965,11 @@ fn explore(sc: Scenario) -> usize {
             trail.push((at, u16::try_from(k).unwrap()));
             frontier.push_back((id, next));
         }
-        assert!(trail.len() < 5_000_000, "[{}] state space too large", sc.name);
+        assert!(
+            trail.len() < 5_000_000,
+            "[{}] state space too large",
+            sc.name
+        );
         if trail.len() % 250_000 == 0 {
             eprintln!("[{}] {} states, now at time {}", sc.name, trail.len(), w.t);
             if std::env::var("MODEL_DEBUG").is_ok() {
@@ -985,20 +1044,38 @@ fn zookeeper_stale_leader() {
 }
 
 #[test]
-fn zookeeper_frozen_holder_and_lost_answers() {
+fn zookeeper_frozen_holder() {
     explore(Scenario {
         freezes: 1,
-        lost_answers: 1,
-        ..base("zookeeper, 2 nodes, frozen holder, lost answer", Backend::ZooKeeper, 2)
+        ..base("zookeeper, 2 nodes, frozen holder", Backend::ZooKeeper, 2)
     });
 }
 
+#[test]
+fn zookeeper_lost_answer() {
+    explore(Scenario {
+        lost_answers: 1,
+        t_max: 5,
+        ..base(
+            "zookeeper, 2 nodes, lost renewal answer",
+            Backend::ZooKeeper,
+            2,
+        )
+    });
+}
+
+/// A contention that fails (link cut) and a broker that goes down meanwhile: bug 4's ground.
 #[test]
 fn zookeeper_link_cut_and_health() {
     explore(Scenario {
         link_cuts: 1,
         health_flips: 1,
-        ..base("zookeeper, 2 nodes, link cut, health", Backend::ZooKeeper, 2)
+        t_max: 4,
+        ..base(
+            "zookeeper, 2 nodes, link cut, health",
+            Backend::ZooKeeper,
+            2,
+        )
     });
 }
 
@@ -1007,7 +1084,11 @@ fn zookeeper_shutdown_and_health() {
     explore(Scenario {
         shutdowns: 1,
         health_flips: 1,
-        ..base("zookeeper, 2 nodes, shutdown, health", Backend::ZooKeeper, 2)
+        ..base(
+            "zookeeper, 2 nodes, shutdown, health",
+            Backend::ZooKeeper,
+            2,
+        )
     });
 }
 
