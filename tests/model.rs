@@ -948,7 +948,7 @@ fn explore(sc: Scenario) -> usize {
                 trace(&trail, at)
             );
         }
-        if at as usize % LIVENESS_SAMPLE == 0
+        if (at as usize).is_multiple_of(LIVENESS_SAMPLE)
             && let Err(e) = model.live(&w)
         {
             panic!(
@@ -970,7 +970,7 @@ fn explore(sc: Scenario) -> usize {
             "[{}] state space too large",
             sc.name
         );
-        if trail.len() % 250_000 == 0 {
+        if trail.len().is_multiple_of(250_000) {
             eprintln!("[{}] {} states, now at time {}", sc.name, trail.len(), w.t);
             if std::env::var("MODEL_DEBUG").is_ok() {
                 eprintln!("{w:?}");
