@@ -431,3 +431,72 @@ async fn reload_recreates_a_changed_lock_coordinator_safely() {
     let r = sampler.finish().await;
     assert!(r.samples > 0 && r.both == 0, "{r:?}");
 }
+
+/// Waits (bounded) until node's log contains `needle`.
+async fn wait_log(node: &Node, needle: &str) {
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while !node.log_text().contains(needle) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}: no log line {needle:?}\n{}",
+            node.name,
+            node.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Issue 14, item 1: SIGTERM during a long step-down drain (a client keeps its connection)
+/// exits within shutdown-grace-ms (2000 here), not at the drain's end (20 s); the peer takes
+/// over. A SIGHUP reload that restarts the coordinator cuts a drain short too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_and_reload_preempt_a_step_down_drain() {
+    for reload_first in [false, true] {
+        let mut p = pair("").await;
+        let live = try_connect(p.ports[0], BOUND).await.unwrap();
+        let step_down = lockgate()
+            .args([
+                "step-down",
+                "--lock",
+                "clients-lock",
+                "--drain-ms",
+                "20000",
+                "--config",
+            ])
+            .arg(&p.configs[0])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        wait_log(&p.nodes[0], "draining for a step-down").await;
+        let started = std::time::Instant::now();
+        if reload_first {
+            // A changed check-period restarts the coordinator: its drain ends now.
+            let text = std::fs::read_to_string(&p.configs[0]).unwrap();
+            std::fs::write(
+                &p.configs[0],
+                text.replace("check-period = 500", "check-period = 600"),
+            )
+            .unwrap();
+            p.nodes[0].signal(libc::SIGHUP);
+            wait_log(&p.nodes[0], "configuration reloaded").await;
+            let took = started.elapsed();
+            assert!(
+                took < Duration::from_secs(1),
+                "the reload waited {took:?} for the drain"
+            );
+        }
+        p.nodes[0].signal(libc::SIGTERM);
+        let status = p.nodes[0].wait_exit().await;
+        let took = started.elapsed();
+        eprintln!("reload first: {reload_first}; exit {took:?} after the signal, {status:?}");
+        // At once: the drain is cut short (the grace bound, 2000 ms, is only the backstop).
+        assert!(
+            took < Duration::from_secs(1),
+            "exit took {took:?} (grace 2000 ms)"
+        );
+        p.nodes[1].wait_active().await;
+        drop((live, step_down));
+    }
+}
