@@ -581,6 +581,7 @@ impl CoordinatorConfig {
                 lines.push(format!("holder process dies: the server expires its session, then the standby takes over: within {} ms (S, plus up to one server tick)", ms(b.holder_dies)));
                 lines.push("holder shuts down (SIGTERM): it deletes its node and the standby takes over at once".to_owned());
                 lines.push(format!("holder cut off from ZooKeeper (partition, ensemble down, frozen process): it fences within {} ms (F) of its last confirmed contact, {} ms before the server can give the lock away", ms(f.fence_after), ms(f.margin)));
+                lines.push(format!("rule: a renewal counts only if the quorum committed it (a versioned write of the holder's own node every {} ms, F/4; a read, even after sync, may be answered by a follower or a leader cut from the quorum); the lease runs F from when that write was sent, and F <= S - C - margin", ms((f.fence_after / 4).max(std::time::Duration::from_millis(10)))));
             }
         }
         if let (Some(h), Some(t)) = (&self.health, b.broker_dies) {
