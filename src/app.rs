@@ -184,7 +184,7 @@ impl App {
             app.start_open(r)?;
         }
         for c in &config.coordinators {
-            app.start_coordinator(c, gated_by(&config, &c.name), &config.node_id);
+            app.start_coordinator(c, gated_by(&config, &c.name), &config.node_id, None);
         }
         Ok(app)
     }
@@ -210,6 +210,7 @@ impl App {
         c: &CoordinatorConfig,
         routes: Vec<RouteConfig>,
         node_id: &str,
+        hold_off: Option<std::time::Duration>,
     ) {
         if routes.is_empty() {
             warn!(lock = %c.name, "no route is gated by this lock; it is contended for nothing");
@@ -238,6 +239,10 @@ impl App {
             GatedRoutes::new(runtimes),
             healthy,
         );
+        let coordinator = match hold_off {
+            Some(d) => coordinator.with_initial_hold_off(d),
+            None => coordinator,
+        };
         let run = tokio::spawn(coordinator.run(stop.clone()));
         let (died, asked, name) = (self.died.clone(), stop.clone(), c.name.clone());
         let task = tokio::spawn(async move {
@@ -318,6 +323,20 @@ impl App {
             })
             .map(|(name, _)| name.clone())
             .collect();
+        // Locks held now: the restarted coordinator first leaves them to the peer for one
+        // check-period, or it could race the peer (already waiting) for the lock it just gave.
+        let handed: Vec<String> = self
+            .admin
+            .locks
+            .read()
+            .map(|l| {
+                stale
+                    .iter()
+                    .filter(|n| l.get(*n).is_some_and(|e| e.active()))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
         for name in &stale {
             info!(lock = %name, "reload: stopping the lock coordinator (changed or removed)");
             self.stop_coordinator(name).await;
@@ -351,7 +370,8 @@ impl App {
         for c in &new.coordinators {
             if !self.coordinators.contains_key(&c.name) {
                 info!(lock = %c.name, "reload: starting the lock coordinator");
-                self.start_coordinator(c, gated_by(&new, &c.name), &new.node_id);
+                let hold_off = handed.contains(&c.name).then_some(c.check_period);
+                self.start_coordinator(c, gated_by(&new, &c.name), &new.node_id, hold_off);
             }
         }
         if let Ok(mut n) = self.admin.node_id.write() {

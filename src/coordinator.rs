@@ -387,6 +387,8 @@ pub struct Coordinator<G: Gate> {
     held_since: Option<(Instant, u64)>,
     /// The last standby reason published in this event's handling, if any.
     published: bool,
+    /// Leave the lock alone this long at start (a reload handed it to the peer).
+    initial_hold_off: Option<Duration>,
     commands: mpsc::Receiver<Command>,
     state: watch::Sender<LockState>,
 }
@@ -419,10 +421,19 @@ impl<G: Gate> Coordinator<G> {
             contend_since: None,
             held_since: None,
             published: false,
+            initial_hold_off: None,
             commands,
             state,
         };
         (c, handle)
+    }
+
+    /// Starts by leaving the lock alone for `d`: a reload that restarted a holding coordinator
+    /// handed the lock to the peer, which is already waiting for it, and this node must not
+    /// race it back.
+    pub fn with_initial_hold_off(mut self, d: Duration) -> Self {
+        self.initial_hold_off = Some(d);
+        self
     }
 
     /// Runs until `shutdown`; then closes the gate and releases the lock if held. A drain in
@@ -436,6 +447,13 @@ impl<G: Gate> Coordinator<G> {
         self.publish_standby("starting");
         let mut health_open = true;
         let mut next_tick = Instant::now() + self.cfg.check_period;
+        if let Some(hold_off) = self.initial_hold_off {
+            let first = Event::StepDown {
+                drain: Duration::ZERO,
+                hold_off,
+            };
+            self.handle(first, None, &shutdown).await;
+        }
         let first = Event::Health(*self.health.borrow_and_update());
         self.handle(first, None, &shutdown).await;
         while self.machine.phase != Phase::Stopped {
