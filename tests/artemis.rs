@@ -15,26 +15,6 @@ use common::java::{self, Jvm};
 use common::zk;
 use common::*;
 
-/// Waits until `node`'s log contains `needle`; fails at once if it says `never` first.
-async fn wait_log(node: &Node, needle: &str, never: &str) {
-    let deadline = Instant::now() + BOUND;
-    while !node.log_text().contains(needle) {
-        assert!(
-            !node.log_text().contains(never),
-            "{}: logged {never:?} while waiting for {needle:?}\n{}",
-            node.name,
-            node.log_text()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "{}: no log line with {needle:?} within {BOUND:?}\n{}",
-            node.name,
-            node.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn lock_holder_classes(dir: &Path) -> String {
     let classes = dir.join("classes");
     std::fs::create_dir_all(&classes).unwrap();
@@ -84,10 +64,9 @@ async fn a_jvm_holding_the_lock_file_keeps_lockgate_standing_by() {
     let cfg = file_node_spec(&locks, port, &up).write(dir.path());
     let mut node = Node::start("node0", &cfg, dir.path()).await;
     // The node is blocked on the JVM's fcntl lock, and serves nothing meanwhile.
-    wait_log(
-        &node,
+    node.wait_log(
         "locked with fcntl by another process",
-        "lock acquired",
+        Some("lock acquired"),
     )
     .await;
     node.collect_for(Duration::from_millis(1500)).await;
@@ -337,7 +316,7 @@ async fn example_flow(backend: Backend, kill: Kill) {
         Backend::File => "standing by, waiting on the lock",
         Backend::ZooKeeper => "contending for the lock",
     };
-    wait_log(&node1, contending, "lock acquired").await;
+    node1.wait_log(contending, Some("lock acquired")).await;
 
     let (p0, p1) = (ports.get(61616), ports.get(61617));
     let mut sampler = Sampler::connect_only(p0, p1, Duration::from_millis(20));
@@ -538,7 +517,9 @@ async fn gated_outbound_mirror_pauses_while_standby_and_resumes() {
     let mut node0 = Node::start("lockgate0", &cfgs[0], dir.path()).await;
     node0.wait_active().await;
     let mut node1 = Node::start("lockgate1", &cfgs[1], dir.path()).await;
-    wait_log(&node1, "standing by, waiting on the lock", "lock acquired").await;
+    node1
+        .wait_log("standing by, waiting on the lock", Some("lock acquired"))
+        .await;
 
     let (p0, p1) = (ports.get(61616), ports.get(61617));
     let url = format!(

@@ -432,20 +432,6 @@ async fn reload_recreates_a_changed_lock_coordinator_safely() {
     assert!(r.samples > 0 && r.both == 0, "{r:?}");
 }
 
-/// Waits (bounded) until node's log contains `needle`.
-async fn wait_log(node: &Node, needle: &str) {
-    let deadline = tokio::time::Instant::now() + BOUND;
-    while !node.log_text().contains(needle) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{}: no log line {needle:?}\n{}",
-            node.name,
-            node.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Issue 14, item 1: SIGTERM during a long step-down drain (a client keeps its connection)
 /// exits within shutdown-grace-ms (2000 here), not at the drain's end (20 s); the peer takes
 /// over. A SIGHUP reload that restarts the coordinator cuts a drain short too.
@@ -469,7 +455,7 @@ async fn shutdown_and_reload_preempt_a_step_down_drain() {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        wait_log(&p.nodes[0], "draining for a step-down").await;
+        p.nodes[0].wait_log("draining for a step-down", None).await;
         let started = std::time::Instant::now();
         if reload_first {
             // A changed check-period restarts the coordinator: its drain ends now.
@@ -480,7 +466,7 @@ async fn shutdown_and_reload_preempt_a_step_down_drain() {
             )
             .unwrap();
             p.nodes[0].signal(libc::SIGHUP);
-            wait_log(&p.nodes[0], "configuration reloaded").await;
+            p.nodes[0].wait_log("configuration reloaded", None).await;
             let took = started.elapsed();
             assert!(
                 took < Duration::from_secs(1),

@@ -353,6 +353,29 @@ impl Node {
         }
     }
 
+    /// Waits (bounded) until this node's log contains `needle`; fails at once if it logs
+    /// `never` first.
+    pub async fn wait_log(&self, needle: &str, never: Option<&str>) {
+        let deadline = tokio::time::Instant::now() + BOUND;
+        while !self.log_text().contains(needle) {
+            if let Some(never) = never {
+                assert!(
+                    !self.log_text().contains(never),
+                    "{}: logged {never:?} while waiting for {needle:?}\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}: no log line with {needle:?} within {BOUND:?}\n{}",
+                self.name,
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until this node reports it holds the lock.
     pub async fn wait_active(&mut self) -> String {
         self.wait_note(|l| l.starts_with("STATUS=lock clients-lock: active"))
