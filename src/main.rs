@@ -432,8 +432,15 @@ fn lock_command(config: &Config, lock: &str, path: &str, json: bool) -> ExitCode
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
+    let runtime = match runtime(tokio::runtime::Builder::new_current_thread()) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let request = |method, path: &str| {
+        runtime.block_on(admin_request(addr, admin.token.as_deref(), method, path))
+    };
     // Is the daemon there the node this config names?
-    let status = match admin_request(addr, admin.token.as_deref(), "GET", "/status") {
+    let status = match request(hyper::Method::GET, "/status") {
         Ok((200, body)) => body,
         Ok((code, body)) => {
             return fail(
@@ -446,7 +453,7 @@ fn lock_command(config: &Config, lock: &str, path: &str, json: bool) -> ExitCode
             return fail(
                 EXIT_RUNTIME,
                 "daemon_unreachable",
-                format!("cannot reach the daemon's admin endpoint at {addr}: {e}"),
+                format!("cannot reach the daemon's admin endpoint at {addr}: {e:#}"),
             );
         }
     };
@@ -476,7 +483,7 @@ fn lock_command(config: &Config, lock: &str, path: &str, json: bool) -> ExitCode
             );
         }
     }
-    match admin_request(addr, admin.token.as_deref(), "POST", path) {
+    match request(hyper::Method::POST, path) {
         Ok((200, body)) => {
             let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
             let result = v.get("result").and_then(|r| r.as_str()).unwrap_or(&body);
@@ -498,38 +505,63 @@ fn lock_command(config: &Config, lock: &str, path: &str, json: bool) -> ExitCode
         Err(e) => fail(
             EXIT_RUNTIME,
             "daemon_unreachable",
-            format!("cannot reach the daemon's admin endpoint at {addr}: {e}"),
+            format!("cannot reach the daemon's admin endpoint at {addr}: {e:#}"),
         ),
     }
 }
 
-/// One HTTP/1.1 request to the admin endpoint: (status code, body).
-fn admin_request(
+/// How long the admin endpoint may take to accept a connection.
+const CONNECT_BOUND: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long it may take to answer: a step-down answers once its drain is over.
+const ANSWER_BOUND: std::time::Duration = std::time::Duration::from_secs(120);
+/// The largest answer read (the admin endpoint's are small).
+const MAX_ANSWER: usize = 4 << 20;
+
+/// One HTTP/1.1 request to the admin endpoint (hyper's client, one connection per request):
+/// (status code, body).
+async fn admin_request(
     addr: std::net::SocketAddr,
     token: Option<&str>,
-    method: &str,
+    method: hyper::Method,
     path: &str,
-) -> std::io::Result<(u16, String)> {
-    use std::io::{Read as _, Write as _};
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
-    s.write_all(request.as_bytes())?;
-    let mut out = String::new();
-    // Bounded: the admin endpoint's answers are small.
-    s.take(4 << 20).read_to_string(&mut out)?;
-    let code = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other("not an HTTP answer"))?;
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    Ok((code, body.trim().to_owned()))
+) -> anyhow::Result<(u16, String)> {
+    use http_body_util::{BodyExt as _, Empty, Limited};
+    use hyper::header::{AUTHORIZATION, CONNECTION, HOST};
+    let stream = tokio::time::timeout(CONNECT_BOUND, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| anyhow::anyhow!("no connection within {} s", CONNECT_BOUND.as_secs()))??;
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
+    let driver = tokio::spawn(connection);
+    let mut request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(HOST, addr.to_string())
+        .header(CONNECTION, "close");
+    if let Some(t) = token {
+        request = request.header(AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let request = request.body(Empty::<hyper::body::Bytes>::new())?;
+    let answer = async {
+        let response = sender.send_request(request).await?;
+        let code = response.status().as_u16();
+        let body = Limited::new(response.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the answer: {e}"))?
+            .to_bytes();
+        anyhow::Ok((code, String::from_utf8_lossy(&body).trim().to_owned()))
+    };
+    let result = tokio::time::timeout(ANSWER_BOUND, answer)
+        .await
+        .unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "no answer within {} s",
+                ANSWER_BOUND.as_secs()
+            ))
+        });
+    driver.abort();
+    result
 }
 
 /// Yields on every SIGHUP.
