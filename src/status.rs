@@ -132,26 +132,15 @@ fn describe(r: &Holder, now_ms: u64) -> String {
     )
 }
 
-/// RFC 3339 UTC time of a Unix-epoch millisecond count (civil-from-days, no time crate).
+/// RFC 3339 UTC time, to the second, of a Unix-epoch millisecond count (humantime); a count
+/// beyond year 9999 (an owner record is read from shared storage) is shown as the count.
 pub fn utc(unix_ms: u64) -> String {
-    let secs = unix_ms / 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let mut out = String::new();
+    let time = std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(unix_ms / 1000));
+    match time {
+        Some(t) if write!(out, "{}", humantime::format_rfc3339_seconds(t)).is_ok() => out,
+        _ => format!("unix-ms {unix_ms}"),
+    }
 }
 
 #[cfg(test)]
@@ -160,6 +149,8 @@ mod tests {
     fn utc_formats_known_instants() {
         assert_eq!(super::utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(super::utc(951_782_400_000), "2000-02-29T00:00:00Z");
-        assert_eq!(super::utc(1_795_392_000_000), "2026-11-23T00:00:00Z");
+        assert_eq!(super::utc(1_795_392_000_999), "2026-11-23T00:00:00Z");
+        assert_eq!(super::utc(253_402_300_799_000), "9999-12-31T23:59:59Z");
+        assert_eq!(super::utc(u64::MAX), "unix-ms 18446744073709551615");
     }
 }
