@@ -14,7 +14,8 @@ pub enum LoadError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(
-        "storage not answering: reading the config and its locks folder took longer than {0:?} (a hung shared mount?)"
+        "storage not answering: reading the config and its locks folder took longer than {0:?} \
+         (a hung shared mount?)"
     )]
     StorageNotAnswering(Duration),
     #[error("storage not answering: an earlier load of the config is still waiting for it")]

@@ -382,7 +382,10 @@ lock-coordinator = "clients-lock"
         let with = |keys: &str| {
             let text = OK.replace(
                 "locks-folder = \"/tmp\"\n",
-                &format!("locks-folder = \"/tmp\"\n\n[lock-coordinator.health-check]\naddress = \"127.0.0.1:1\"\ntimeout-ms = 5\n{keys}\n"),
+                &format!(
+                    "locks-folder = \"/tmp\"\n\n[lock-coordinator.health-check]\n\
+                     address = \"127.0.0.1:1\"\ntimeout-ms = 5\n{keys}\n"
+                ),
             );
             parse(&text).map(|c| c.coordinators[0].health.clone().unwrap())
         };

@@ -53,7 +53,8 @@ pub(super) fn validate_admin(a: RawAdmin, base: &Path) -> Result<AdminConfig, Ke
             span,
             "listen",
             format!(
-                "the admin endpoint listens beyond loopback ({listen}): set `token-file` so that step-down and resume need a bearer token"
+                "the admin endpoint listens beyond loopback ({listen}): set `token-file` so that \
+                 step-down and resume need a bearer token"
             ),
         ));
     }

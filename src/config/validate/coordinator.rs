@@ -10,7 +10,7 @@ use toml::Spanned;
 use super::super::error::{KeyError, key_error};
 use super::super::raw::RawCoordinator;
 use super::super::{BackendConfig, CoordinatorConfig, DEFAULT_CHECK_PERIOD_MS, MAX_PERIOD_MS};
-use super::{bounded_ms, health, non_empty, required, zookeeper};
+use super::{bounded_ms, health, non_empty, required, unique_name, zookeeper};
 
 const TABLE: &str = "[[lock-coordinator]]";
 
@@ -21,16 +21,13 @@ pub(super) fn validate_coordinator(
 ) -> Result<CoordinatorConfig, KeyError> {
     let table_span = raw.span();
     let c = raw.into_inner();
-    let name = required(c.name.clone(), &table_span, TABLE, "name")?;
-    let name_span = name.span();
-    let name = non_empty(name, "name")?;
-    if earlier.iter().any(|o| o.name == name) {
-        return Err(key_error(
-            name_span,
-            "name",
-            format!("a lock-coordinator named \"{name}\" is already defined"),
-        ));
-    }
+    let name = unique_name(
+        c.name.clone(),
+        &table_span,
+        TABLE,
+        "a lock-coordinator",
+        |n| earlier.iter().any(|o| o.name == n),
+    )?;
     let lock_id = required(c.lock_id.clone(), &table_span, TABLE, "lock-id")?;
     let lock_id_span = lock_id.span();
     let lock_id = non_empty(lock_id, "lock-id")?;
@@ -114,7 +111,8 @@ fn validate_backend(
                     span,
                     "locks-folder",
                     format!(
-                        "the locks folder {} does not exist or is not a folder (create it; lockgate does not)",
+                        "the locks folder {} does not exist or is not a folder (create it; \
+                         lockgate does not)",
                         folder.display()
                     ),
                 ));

@@ -87,6 +87,28 @@ fn required<T>(
     })
 }
 
+/// The `name` every `table` needs, not empty and not `taken` by an earlier one (`what`, as
+/// in "a route named ... is already defined").
+fn unique_name(
+    v: Option<Spanned<String>>,
+    table_span: &Range<usize>,
+    table: &str,
+    what: &str,
+    taken: impl Fn(&str) -> bool,
+) -> Result<String, KeyError> {
+    let name = required(v, table_span, table, "name")?;
+    let span = name.span();
+    let name = non_empty(name, "name")?;
+    if taken(&name) {
+        return Err(key_error(
+            span,
+            "name",
+            format!("{what} named \"{name}\" is already defined"),
+        ));
+    }
+    Ok(name)
+}
+
 fn non_empty(v: Spanned<String>, key: &str) -> Result<String, KeyError> {
     if v.get_ref().trim().is_empty() {
         return Err(key_error(v.span(), key, "must not be empty"));

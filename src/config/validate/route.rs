@@ -12,7 +12,7 @@ use super::super::{
     DEFAULT_INACTIVITY_TIMEOUT_MS, DEFAULT_TCP_USER_TIMEOUT_MS, MAX_PERIOD_MS,
     MAX_ROUTE_TIMEOUT_MS, ProxyProtocol, RouteConfig,
 };
-use super::{bounded_ms, host_port, non_empty, required};
+use super::{bounded_ms, host_port, required, unique_name};
 
 const TABLE: &str = "[[route]]";
 
@@ -23,16 +23,9 @@ pub(super) fn validate_route(
 ) -> Result<RouteConfig, KeyError> {
     let table_span = raw.span();
     let r = raw.into_inner();
-    let name = required(r.name, &table_span, TABLE, "name")?;
-    let name_span = name.span();
-    let name = non_empty(name, "name")?;
-    if earlier.iter().any(|o| o.name == name) {
-        return Err(key_error(
-            name_span,
-            "name",
-            format!("a route named \"{name}\" is already defined"),
-        ));
-    }
+    let name = unique_name(r.name, &table_span, TABLE, "a route", |n| {
+        earlier.iter().any(|o| o.name == n)
+    })?;
     let listen = required(r.listen, &table_span, TABLE, "listen")?;
     let listen_span = listen.span();
     let listen: SocketAddr = listen.get_ref().parse().map_err(|_| {

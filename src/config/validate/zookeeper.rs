@@ -60,7 +60,8 @@ pub(super) fn validate_zk(
         return Err(key_error(
             ns_span,
             "namespace",
-            "must be a znode path like \"lockgate\" or \"prod/lockgate\" (no empty, '.', '..' or 'zookeeper' parts)",
+            "must be a znode path like \"lockgate\" or \"prod/lockgate\" (no empty, '.', '..' or \
+             'zookeeper' parts)",
         ));
     }
     let ms = |v: &Option<Spanned<u64>>, key: &str, default: u64| {
@@ -117,7 +118,11 @@ pub(super) fn validate_zk(
             span,
             key,
             format!(
-                "no safe fencing: with session S = {} ms and connection C = {} ms, a holder cut off from ZooKeeper learns it only C after its last contact, and the server gives the lock away S after it; S - C leaves {} ms, less than the {} ms needed to fence in time (one client tick C/8 plus {} ms slack). Raise session-ms or lower connection-ms.",
+                "no safe fencing: with session S = {} ms and connection C = {} ms, a holder cut \
+                 off from ZooKeeper learns it only C after its last contact, and the server gives \
+                 the lock away S after it; S - C leaves {} ms, less than the {} ms needed to fence \
+                 in time (one client tick C/8 plus {} ms slack). Raise session-ms or lower \
+                 connection-ms.",
                 f.session.as_millis(),
                 f.connection.as_millis(),
                 f.session.saturating_sub(f.connection).as_millis(),
