@@ -6,10 +6,10 @@
 //! column, the key and its table:
 //! `FILE:LINE:COL: key `check-period` in lock-coordinator[0]: must be greater than 0`.
 //!
-//! The rest of the module, one noun a file: [`raw`] (the file as serde reads it), `validate`
-//! (raw into validated, one validator per section), [`error`] (placing a failure in the
-//! file), [`effective`] (the effective configuration `check` prints), [`failover`] (the
-//! failover arithmetic in figures and words) and [`node`] (the host name). The ZooKeeper
+//! The rest of the module, one noun a file: `raw` (the file as serde reads it), `validate`
+//! (raw into validated, one validator per section), `error` (placing a failure in the
+//! file), `effective` (the effective configuration `check` prints), `failover` (the
+//! failover arithmetic in figures and words) and `node` (the host name). The ZooKeeper
 //! fencing arithmetic is the backend's: [`crate::lock::zookeeper::Fencing`].
 
 mod effective;
