@@ -1,7 +1,8 @@
 //! lockgate: a lock-gated L4 proxy that gives any unmodified broker Artemis's lock coordinator.
 //!
 //! Crate map (dependencies run one way; only `app` knows everyone):
-//! - [`config`]: raw TOML → validated [`config::Config`], errors with file, line and key.
+//! - [`config`]: raw TOML → validated [`config::Config`] (one validator per section), errors
+//!   with file, line, key and table, the effective config and failover figures `check` prints.
 //! - [`lock`]: lock backends behind one enum ([`lock::file`]: `flock` in a shared folder;
 //!   [`lock::zookeeper`]: ephemeral-sequential nodes, fencing before the session can expire).
 //! - [`lease`]: until when a holder may forward without confirming its lock again.

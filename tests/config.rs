@@ -1,5 +1,5 @@
 //! `lockgate check` on the shipped configs (valid) and on a corpus of bad ones (each names
-//! the file, the line and the key, and exits 2).
+//! the file, the line, the key and its table, and exits 2).
 
 use std::path::{Path, PathBuf};
 
@@ -32,13 +32,19 @@ fn bad_configs_name_file_line_and_key() {
     );
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
-        // Each file ends with `# expect: LINE KEY`.
+        // Each file ends with `# expect: LINE KEY [TABLE]` (no table: a top-level key, or a
+        // syntax error, which has no key path).
         let expect = text
             .lines()
             .rev()
             .find_map(|l| l.strip_prefix("# expect: "))
             .unwrap_or_else(|| panic!("{} has no `# expect:` line", file.display()));
-        let (line, key) = expect.split_once(' ').unwrap();
+        let mut expect = expect.split(' ');
+        let (line, key) = (expect.next().unwrap(), expect.next().unwrap());
+        let named = match expect.next() {
+            Some(table) => format!("key `{key}` in {table}: "),
+            None => format!("key `{key}`: "),
+        };
         let out = check(&file);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{}: {stderr}", file.display());
@@ -49,8 +55,8 @@ fn bad_configs_name_file_line_and_key() {
             file.display()
         );
         assert!(
-            stderr.contains(&format!("key `{key}`")),
-            "{}: no key `{key}` in: {stderr}",
+            stderr.contains(&named),
+            "{}: no `{named}` in: {stderr}",
             file.display()
         );
         assert!(

@@ -182,6 +182,7 @@ fn check(text: &str) {
             column,
             key,
             message,
+            ..
         }) => {
             assert_eq!(p, "/tmp/fuzz/lockgate.toml");
             let lines = text.lines().count().max(1);

@@ -20,6 +20,9 @@
 //! `Expired` arrives after the server already gave the lock away, so it is never waited for.
 //! [`CONFIRM`] names the renewal this module uses; `tests/model.rs` checks the rule with it.
 
+mod fencing;
+pub use fencing::{Fencing, ZK_SCHEDULING_SLACK};
+
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -31,7 +34,7 @@ use tracing::{debug, error, info, warn};
 use zookeeper_client as zk;
 
 use super::{LockError, Observed, OwnerRecord, unix_ms_now};
-use crate::config::{Fencing, ZkConfig};
+use crate::config::ZkConfig;
 use crate::gate::Closed;
 use crate::lease::{Lease, now_ns};
 use crate::metrics as m;
