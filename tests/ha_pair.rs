@@ -87,7 +87,10 @@ async fn replaced_lock_file_fences_the_holder() {
         })
         .await;
     assert_fenced(&mut live, p.ports[0]).await;
-    assert!(!serves(p.ports[1]).await, "node1 cannot hold the test's lock");
+    assert!(
+        !serves(p.ports[1]).await,
+        "node1 cannot hold the test's lock"
+    );
     assert!(p.nodes[0].log_text().contains("lock lost"));
 }
 

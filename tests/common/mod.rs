@@ -31,7 +31,11 @@ pub const BOUND: Duration = Duration::from_secs(30);
 pub const POLL: Duration = Duration::from_millis(10);
 
 /// Polls `f` until it returns `Some`, failing after `bound` with "`what` within …".
-pub async fn eventually<T>(bound: Duration, what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+pub async fn eventually<T>(
+    bound: Duration,
+    what: &str,
+    mut f: impl AsyncFnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + bound;
     loop {
         if let Some(v) = f().await {
@@ -107,7 +111,9 @@ impl Upstream {
                         match s.read(&mut buf).await {
                             Ok(0) | Err(_) => break,
                             Ok(n) => {
-                                log.lock().unwrap().push((Instant::now(), buf[..n].to_vec()));
+                                log.lock()
+                                    .unwrap()
+                                    .push((Instant::now(), buf[..n].to_vec()));
                                 if s.write_all(&buf[..n]).await.is_err() {
                                     return;
                                 }
@@ -1094,7 +1100,10 @@ fn timeline(nodes: &[Node], histories: &[Vec<Note>]) -> String {
     let mut all: Vec<(Instant, &str, &str)> = nodes
         .iter()
         .zip(histories)
-        .flat_map(|(n, h)| h.iter().map(|note| (note.at, n.name.as_str(), note.line.as_str())))
+        .flat_map(|(n, h)| {
+            h.iter()
+                .map(|note| (note.at, n.name.as_str(), note.line.as_str()))
+        })
         .collect();
     all.sort_by_key(|e| e.0);
     let t0 = all.first().map_or_else(Instant::now, |e| e.0);
