@@ -298,19 +298,21 @@ async fn reload_adds_and_removes_routes_without_disturbing_others() {
     assert_eq!(node.wait_exit().await.code(), Some(0));
 }
 
+/// Changes node0's check-period from 500 to `ms` and reloads it (SIGHUP).
+fn reload_check_period(p: &Pair, ms: u64) {
+    let text = std::fs::read_to_string(&p.configs[0]).unwrap();
+    let text = text.replace("check-period = 500", &format!("check-period = {ms}"));
+    std::fs::write(&p.configs[0], text).unwrap();
+    p.nodes[0].signal(libc::SIGHUP);
+}
+
 /// A changed lock coordinator is re-created safely: the old one closes its gate and releases
 /// the lock before the new one contends (here the peer takes over in between).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_recreates_a_changed_lock_coordinator_safely() {
     let mut p = pair("").await;
     let mut sampler = p.sampler().await;
-    let text = std::fs::read_to_string(&p.configs[0]).unwrap();
-    std::fs::write(
-        &p.configs[0],
-        text.replace("check-period = 500", "check-period = 700"),
-    )
-    .unwrap();
-    p.nodes[0].signal(libc::SIGHUP);
+    reload_check_period(&p, 700);
     p.nodes[0].wait_standby("released: shutdown").await;
     p.nodes[0]
         .wait_note(|l| l == "STATUS=configuration reloaded")
@@ -348,13 +350,7 @@ async fn shutdown_and_reload_preempt_a_step_down_drain() {
         let started = std::time::Instant::now();
         if reload_first {
             // A changed check-period restarts the coordinator: its drain ends now.
-            let text = std::fs::read_to_string(&p.configs[0]).unwrap();
-            std::fs::write(
-                &p.configs[0],
-                text.replace("check-period = 500", "check-period = 600"),
-            )
-            .unwrap();
-            p.nodes[0].signal(libc::SIGHUP);
+            reload_check_period(&p, 600);
             p.nodes[0].wait_log("configuration reloaded", None).await;
             let took = started.elapsed();
             assert!(

@@ -33,14 +33,20 @@ async fn pair(connect: [&str; 2], timing: &'static str) -> Pair {
         .await
 }
 
-/// One at a time: one ZooKeeper server and a pair on it, or `None` without ZooKeeper.
-async fn single_server_pair()
--> Option<(tokio::sync::MutexGuard<'static, ()>, Ensemble, String, Pair)> {
+type OneAtATime = tokio::sync::MutexGuard<'static, ()>;
+
+/// One at a time: one ZooKeeper server, or `None` without ZooKeeper.
+async fn one_server() -> Option<(OneAtATime, Ensemble)> {
     let one = ONE_AT_A_TIME.lock().await;
     if !available() {
         return None;
     }
-    let zk = Ensemble::start(1).await;
+    Some((one, Ensemble::start(1).await))
+}
+
+/// One at a time: one ZooKeeper server and a pair on it, or `None` without ZooKeeper.
+async fn single_server_pair() -> Option<(OneAtATime, Ensemble, String, Pair)> {
+    let (one, zk) = one_server().await?;
     let cs = zk.connect_string();
     let p = Pair::zookeeper(&cs, FAST).start().await;
     Some((one, zk, cs, p))
@@ -109,11 +115,9 @@ async fn holder_sigterm_hands_over_at_once() {
 /// server expires its session and the standby acquires.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_holder_fences_before_the_standby_acquires() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    if !available() {
+    let Some((_one, zk)) = one_server().await else {
         return;
-    }
-    let zk = Ensemble::start(1).await;
+    };
     let relay = Relay::start(zk.client_port(0)).await;
     let via_relay = format!("127.0.0.1:{}", relay.port);
     let direct = zk.connect_string();
@@ -316,11 +320,9 @@ async fn unreachable_zookeeper_does_not_block_start() {
 /// lost with the connection) and deletes them instead of queueing behind itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_contender_deletes_its_own_orphaned_nodes() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    if !available() {
+    let Some((_one, zk)) = one_server().await else {
         return;
-    }
-    let zk = Ensemble::start(1).await;
+    };
     let cs = zk.connect_string();
     let client = zookeeper_client::Client::connect(&cs).await.unwrap();
     let dir = LOCK_DIR;
@@ -386,11 +388,9 @@ async fn a_contender_deletes_its_own_orphaned_nodes() {
 /// before the thaw, and only what arrives after it counts.
 async fn frozen_mid_write(zero_copy: bool) {
     use tokio::io::AsyncWriteExt;
-    let _one = ONE_AT_A_TIME.lock().await;
-    if !available() {
+    let Some((_one, zk)) = one_server().await else {
         return;
-    }
-    let zk = Ensemble::start(1).await;
+    };
     let cs = zk.connect_string();
     // node0's broker: accepts, reads nothing until told.
     let stall = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

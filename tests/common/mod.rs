@@ -407,18 +407,17 @@ impl Node {
                 Some(note) => note,
                 None => match tokio::time::timeout_at(deadline, self.notes.recv()).await {
                     Ok(Some(note)) => note,
-                    Ok(None) => panic!(
-                        "{}: notify socket closed; seen {:?}\n{}",
-                        self.name,
-                        self.seen,
-                        self.log_text()
-                    ),
-                    Err(_) => panic!(
-                        "{}: no matching notify line within {bound:?}; seen {:?}\n{}",
-                        self.name,
-                        self.seen,
-                        self.log_text()
-                    ),
+                    closed_or_late => {
+                        let why = match closed_or_late {
+                            Ok(_) => "the notify socket closed",
+                            Err(_) => "no matching notify line",
+                        };
+                        let (name, log) = (&self.name, self.log_text());
+                        panic!(
+                            "{name}: {why} within {bound:?}; seen {:?}\n{log}",
+                            self.seen
+                        )
+                    }
                 },
             };
             self.seen.push(next.line.clone());
@@ -533,12 +532,16 @@ pub async fn http(port: u16, method: &str, path: &str, headers: &[&str]) -> (u16
         req += "\r\n";
     }
     req += "Content-Length: 0\r\n\r\n";
-    s.write_all(req.as_bytes()).await.unwrap();
+    http_exchange(&mut s, &req).await
+}
+
+/// Writes `request` on `s` and reads the response to its end: its status code (0 if it has
+/// none) and its body.
+pub async fn http_exchange(s: &mut TcpStream, request: &str) -> (u16, String) {
+    s.write_all(request.as_bytes()).await.unwrap();
     let mut out = Vec::new();
-    tokio::time::timeout(BOUND, s.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
+    let read = tokio::time::timeout(BOUND, s.read_to_end(&mut out)).await;
+    read.expect("no response within BOUND").unwrap();
     let text = String::from_utf8_lossy(&out).into_owned();
     let code = text
         .split(' ')
