@@ -132,6 +132,7 @@ async fn partitioned_holder_fences_before_the_standby_acquires() {
     // One clock for both: the sampler's last success through the holder and its first
     // through the standby (two sequential awaits would order themselves).
     let r = sampler.finish().await;
+    assert_never_two(&r, &p.nodes);
     let (a_last, b_first) = (r.a_last.unwrap(), r.b_first.unwrap());
     let fenced = a_last.saturating_duration_since(cut);
     let acquired = b_first.saturating_duration_since(cut);
@@ -144,7 +145,6 @@ async fn partitioned_holder_fences_before_the_standby_acquires() {
         fenced <= F_FAST + SLACK,
         "the holder served until {fenced:?} after the cut, F is {F_FAST:?}"
     );
-    assert_never_two(&r, &p.nodes);
 }
 
 /// 5. The holder is frozen (SIGSTOP) past its session; the standby takes over; on SIGCONT the
