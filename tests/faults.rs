@@ -4,8 +4,8 @@
 //! broker dying and coming back (health gating), a step-down through the admin endpoint, and
 //! the node's file descriptors running out.
 //!
-//! The witness upstreams timestamp every chunk they receive on one clock (this process's), per
-//! connection. The checker asserts:
+//! The upstreams (`common::Upstream`) are the witnesses: they timestamp every chunk they receive
+//! on one clock (this process's), per connection. The checker asserts:
 //! 1. no two nodes forwarded at the same time: the byte intervals of connections that came
 //!    through different nodes never overlap (beyond `TOLERANCE`, which absorbs this test's own
 //!    scheduling delay between a byte's arrival and its timestamp);
@@ -22,15 +22,12 @@ mod common;
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
 use lockgate::config::FailoverBounds;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 const NODES: usize = 3;
@@ -53,149 +50,29 @@ impl Rng {
     }
 }
 
-/// One connection's chunks, timestamped on arrival.
-#[derive(Default)]
-struct ConnLog {
-    chunks: Vec<(Instant, Vec<u8>)>,
-}
-
-/// An echo upstream that timestamps what it receives, and can die and come back.
-struct Witness {
-    addr: std::net::SocketAddr,
-    conns: Arc<Mutex<Vec<Arc<Mutex<ConnLog>>>>>,
-    accept: Option<JoinHandle<()>>,
-    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
-}
-
-impl Witness {
-    async fn start() -> Witness {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut w = Witness {
-            addr: l.local_addr().unwrap(),
-            conns: Arc::default(),
-            accept: None,
-            tasks: Arc::default(),
-        };
-        w.serve(l);
-        w
-    }
-
-    fn serve(&mut self, l: TcpListener) {
-        let (conns, tasks) = (self.conns.clone(), self.tasks.clone());
-        self.accept = Some(tokio::spawn(async move {
-            while let Ok((mut s, _)) = l.accept().await {
-                let log = Arc::new(Mutex::new(ConnLog::default()));
-                conns.lock().unwrap().push(log.clone());
-                tasks.lock().unwrap().push(tokio::spawn(async move {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    loop {
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => {
-                                log.lock()
-                                    .unwrap()
-                                    .chunks
-                                    .push((Instant::now(), buf[..n].to_vec()));
-                                if s.write_all(&buf[..n]).await.is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                }));
-            }
-        }));
-    }
-
-    /// The broker dies: listener closed, every connection dropped.
-    fn kill(&mut self) {
-        if let Some(a) = self.accept.take() {
-            a.abort();
-        }
-        for t in self.tasks.lock().unwrap().drain(..) {
-            t.abort();
-        }
-    }
-
-    async fn restart(&mut self) {
-        let l = TcpListener::bind(self.addr).await.unwrap();
-        self.serve(l);
-    }
-
-    /// (first, last, lines) of every connection that carried bytes.
-    fn intervals(&self) -> Vec<(Instant, Instant, Vec<String>)> {
-        self.conns
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|c| {
-                let c = c.lock().unwrap();
-                let first = c.chunks.first()?.0;
-                let last = c.chunks.last()?.0;
-                let bytes: Vec<u8> = c
-                    .chunks
-                    .iter()
-                    .flat_map(|(_, b)| b.iter().copied())
-                    .collect();
-                let lines = String::from_utf8_lossy(&bytes)
-                    .lines()
-                    .map(str::to_owned)
-                    .collect();
-                Some((first, last, lines))
-            })
-            .collect()
-    }
-}
-
-impl Drop for Witness {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// Failover clients: send `c<id>-<seq>`, wait for the echo, move down the list on failure.
 fn start_clients(
-    ports: [u16; NODES],
+    ports: &[u16],
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<Vec<String>>>,
 ) -> Vec<JoinHandle<()>> {
     (0..4)
         .map(|id| {
             let (stop, acked) = (stop.clone(), acked.clone());
+            // Client `id` starts on node `id % NODES`.
+            let mut order = ports.to_vec();
+            order.rotate_left(id % ports.len());
+            let mut client = FailoverClient::new(&order)
+                .timeouts(Duration::from_millis(300), Duration::from_millis(500));
             tokio::spawn(async move {
-                let mut current = id % NODES;
-                let mut conn: Option<BufReader<TcpStream>> = None;
-                let mut seq = 0u64;
+                let mut seq = 1u64;
                 while !stop.load(Ordering::Relaxed) {
-                    if conn.is_none() {
-                        match try_connect(ports[current], Duration::from_millis(300)).await {
-                            Some(s) => conn = Some(BufReader::new(s)),
-                            None => {
-                                current = (current + 1) % NODES;
-                                tokio::time::sleep(Duration::from_millis(10)).await;
-                                continue;
-                            }
-                        }
-                    }
-                    let Some(c) = conn.as_mut() else { continue };
-                    seq += 1;
-                    let msg = format!("c{id}-{seq}\n");
-                    let ok = tokio::time::timeout(Duration::from_millis(500), async {
-                        c.get_mut().write_all(msg.as_bytes()).await?;
-                        let mut line = String::new();
-                        c.read_line(&mut line).await?;
-                        Ok::<bool, std::io::Error>(line == msg)
-                    })
-                    .await
-                    .is_ok_and(|r| r.is_ok_and(|ok| ok));
-                    if ok {
-                        acked.lock().unwrap().push(msg.trim_end().to_owned());
+                    let msg = format!("c{id}-{seq}");
+                    if client.try_send(&msg).await.is_some() {
+                        acked.lock().unwrap().push(msg);
+                        seq += 1;
+                        // The clients' pace (not a wait on anything): a message per 5 ms each.
                         tokio::time::sleep(Duration::from_millis(5)).await;
-                    } else {
-                        if let Some(c) = conn.take() {
-                            abort(c.into_inner());
-                        }
-                        current = (current + 1) % NODES;
                     }
                 }
             })
@@ -203,140 +80,86 @@ fn start_clients(
         .collect()
 }
 
-async fn serving(ports: &[u16; NODES]) -> Option<usize> {
-    for (i, p) in ports.iter().enumerate() {
-        if serves(*p).await {
-            return Some(i);
-        }
-    }
-    None
-}
-
 /// Three nodes, their witnesses and configs; the faults every backend shares.
 struct Cluster {
-    witnesses: Vec<Witness>,
-    ports: [u16; NODES],
-    admin: [u16; NODES],
-    configs: Vec<PathBuf>,
-    nodes: Vec<Node>,
+    p: Pair,
     bounds: FailoverBounds,
-    // Last: the nodes' logs live here.
-    dir: tempfile::TempDir,
 }
 
 impl Cluster {
-    /// `zookeeper(i)`: node i's ZooKeeper keys, or `None` for the shared file lock.
-    async fn start(zookeeper: impl Fn(usize) -> Option<String>) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let locks = dir.path().join("locks");
-        std::fs::create_dir(&locks).unwrap();
-        let mut witnesses = Vec::new();
-        for _ in 0..NODES {
-            witnesses.push(Witness::start().await);
-        }
-        let ports: [u16; NODES] = [free_port(), free_port(), free_port()];
-        let admin: [u16; NODES] = [free_port(), free_port(), free_port()];
-        let configs: Vec<PathBuf> = (0..NODES)
-            .map(|i| {
-                NodeSpec {
-                    node_id: &format!("node{i}"),
-                    locks: &locks,
-                    client_port: ports[i],
-                    upstream: witnesses[i].addr,
-                    check_period_ms: 300,
-                    health: Some((100, 1, 2)),
-                    extra: format!("\n[admin]\nlisten = \"127.0.0.1:{}\"\n", admin[i]),
-                    zookeeper: zookeeper(i),
-                }
-                .write(dir.path())
-            })
-            .collect();
-        let bounds = lockgate::config::Config::load(&configs[0])
+    /// On the shared file lock, or with `zookeeper(i)` node i's ZooKeeper keys.
+    async fn start(pair: PairBuilder) -> Cluster {
+        let mut p = pair
+            .nodes(NODES)
+            .check_period_ms(300)
+            .health((100, 1, 2))
+            .admin("")
+            .build()
+            .await;
+        let bounds = lockgate::config::Config::load(&p.configs[0])
             .unwrap()
             .coordinators[0]
             .failover_bounds();
-        let mut nodes = Vec::new();
-        for (i, c) in configs.iter().enumerate() {
-            nodes.push(Node::start(&format!("node{i}"), c, dir.path()).await);
+        for i in 0..NODES {
+            let node = p.spawn(i).await;
+            p.nodes.push(node);
         }
-        wait_until_serving(&ports, BOUND).await;
-        Cluster {
-            witnesses,
-            ports,
-            admin,
-            configs,
-            nodes,
-            bounds,
-            dir,
-        }
+        wait_any_serving(&p.ports, BOUND).await;
+        Cluster { p, bounds }
     }
 
     async fn kill_and_restart(&mut self, i: usize, bound: Duration) {
-        self.nodes[i].signal(libc::SIGKILL);
-        self.nodes[i].wait_exit().await;
-        wait_until_serving(&self.ports, bound + SLACK).await;
-        self.nodes[i] = Node::start(&format!("node{i}"), &self.configs[i], self.dir.path()).await;
+        self.p.nodes[i].signal(libc::SIGKILL);
+        self.p.nodes[i].wait_exit().await;
+        wait_any_serving(&self.p.ports, bound + SLACK).await;
+        self.p.nodes[i] = self.p.spawn(i).await;
     }
 
     async fn stop_and_continue(&mut self, i: usize, ms: u64) {
-        self.nodes[i].signal(libc::SIGSTOP);
+        self.p.nodes[i].signal(libc::SIGSTOP);
+        // The fault itself: the process stays frozen for `ms`.
         tokio::time::sleep(Duration::from_millis(ms)).await;
-        self.nodes[i].signal(libc::SIGCONT);
-        wait_until_serving(&self.ports, SLACK).await;
+        self.p.nodes[i].signal(libc::SIGCONT);
+        wait_any_serving(&self.p.ports, SLACK).await;
     }
 
     async fn broker_dies(&mut self, i: usize, bound: Duration) {
-        self.witnesses[i].kill();
-        wait_until_serving(&self.ports, bound + SLACK).await;
-        self.witnesses[i].restart().await;
+        self.p.up[i].kill();
+        wait_any_serving(&self.p.ports, bound + SLACK).await;
+        self.p.up[i].resume_listening().await;
     }
 
     async fn step_down(&self, i: usize, bound: Duration) {
-        let (code, body) = http(
-            self.admin[i],
-            "POST",
-            "/locks/clients-lock/step-down?hold-off-ms=300",
-            &[],
-        )
-        .await;
+        let path = "/locks/clients-lock/step-down?hold-off-ms=300";
+        let (code, body) = http(self.p.admin[i], "POST", path, &[]).await;
         assert_eq!(code, 200, "{body}");
-        wait_until_serving(&self.ports, bound + SLACK).await;
+        wait_any_serving(&self.p.ports, bound + SLACK).await;
     }
 
     /// Lowers node i's descriptor limit to what it has open plus a few, opens more
     /// connections than that, then restores the limit: it must keep serving.
     async fn out_of_descriptors(&self, i: usize, bound: Duration) {
-        let (_, fds) = self.nodes[i].threads_and_fds();
+        let node = &self.p.nodes[i];
+        let (_, fds) = node.threads_and_fds();
         // Only the soft limit changes; the hard one stays, so it can be restored.
-        let set = |n: usize, pid: i32| {
+        let set = |n: usize| {
             std::process::Command::new("prlimit")
-                .arg(format!("--pid={pid}"))
+                .arg(format!("--pid={}", node.pid))
                 .arg(format!("--nofile={n}:"))
                 .status()
                 .is_ok_and(|s| s.success())
         };
-        assert!(
-            set(fds + 4, self.nodes[i].pid),
-            "prlimit (util-linux) cannot lower the limit"
-        );
+        assert!(set(fds + 4), "prlimit (util-linux) cannot lower the limit");
         let mut held = Vec::new();
         for _ in 0..16 {
-            if let Some(s) = try_connect(self.ports[i], Duration::from_millis(100)).await {
+            if let Some(s) = try_connect(self.p.ports[i], Duration::from_millis(100)).await {
                 held.push(s);
             }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        node.wait_log("out of file descriptors", None).await;
         drop(held);
-        assert!(
-            set(20000, self.nodes[i].pid),
-            "cannot restore the descriptor limit"
-        );
-        assert!(
-            self.nodes[i].log_text().contains("out of file descriptors"),
-            "node{i} never ran out of descriptors:\n{}",
-            self.nodes[i].log_text()
-        );
-        wait_until_serving(&self.ports, bound + SLACK).await;
+        assert!(set(20000), "cannot restore the descriptor limit");
+        wait_any_serving(&self.p.ports, bound + SLACK).await;
     }
 }
 
@@ -357,7 +180,7 @@ struct Run {
 }
 
 impl Run {
-    fn start(ports: [u16; NODES]) -> Run {
+    fn start(ports: &[u16]) -> Run {
         let seed = seed();
         let stop = Arc::new(AtomicBool::new(false));
         let acked: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -387,7 +210,7 @@ impl Run {
     /// Records one fault's recovery.
     async fn recovered(
         &mut self,
-        ports: &[u16; NODES],
+        ports: &[u16],
         active_before: Option<usize>,
         injected: Instant,
         bound: Duration,
@@ -404,7 +227,7 @@ impl Run {
     }
 
     /// Stops the clients, reports, and runs the checker.
-    async fn finish(self, witnesses: &[Witness]) {
+    async fn finish(self, witnesses: &[Upstream]) {
         self.stop.store(true, Ordering::Relaxed);
         for c in self.clients {
             c.await.unwrap();
@@ -432,12 +255,74 @@ fn env_usize(name: &str, default: usize) -> usize {
 #[derive(Clone, Copy, Debug)]
 enum Fault {
     KillAndRestart,
+    /// SIGSTOP for this many ms, then SIGCONT (shorter than F on ZooKeeper: nothing changes).
     StopAndContinue(u64),
     BrokerDies,
     StepDown,
     OutOfDescriptors,
     /// An operator error: the lock file is replaced (or deleted) under the holder.
     ReplaceLockFile(bool),
+    /// Longer than the session: the standby takes over; the woken holder fences.
+    FrozenPastSession,
+    ZkMemberDies,
+    EnsembleDown,
+    Partition,
+}
+
+/// Draws one fault (and its parameters) of a schedule.
+type Pick = fn(&mut Rng) -> Fault;
+
+const FILE_FAULTS: [Pick; 6] = [
+    |_| Fault::KillAndRestart,
+    |r| Fault::StopAndContinue(50 + r.below(250)),
+    |_| Fault::BrokerDies,
+    |_| Fault::StepDown,
+    |r| Fault::ReplaceLockFile(r.below(2) == 0),
+    |_| Fault::OutOfDescriptors,
+];
+
+const ZK_FAULTS: [Pick; 8] = [
+    |_| Fault::KillAndRestart,
+    |r| Fault::StopAndContinue(50 + r.below(250)),
+    |_| Fault::FrozenPastSession,
+    |_| Fault::BrokerDies,
+    |_| Fault::StepDown,
+    |_| Fault::ZkMemberDies,
+    |_| Fault::EnsembleDown,
+    |_| Fault::Partition,
+];
+
+impl Run {
+    /// Draws fault `n` of `menu` and its target (the serving node, else any): (serving, fault,
+    /// target).
+    async fn next_fault(
+        &mut self,
+        n: usize,
+        ports: &[u16],
+        menu: &[Pick],
+    ) -> (Option<usize>, Fault, usize) {
+        let active = serving(ports).await;
+        let fault = menu[self.rng.below(menu.len() as u64) as usize](&mut self.rng);
+        let target = active.unwrap_or(self.rng.below(NODES as u64) as usize);
+        self.log(format!(
+            "fault {n}: {fault:?} on node{target} (active: {active:?})"
+        ));
+        (active, fault, target)
+    }
+}
+
+impl Cluster {
+    /// The faults every backend shares.
+    async fn inject(&mut self, fault: Fault, target: usize, bound: Duration) {
+        match fault {
+            Fault::KillAndRestart => self.kill_and_restart(target, bound).await,
+            Fault::StopAndContinue(ms) => self.stop_and_continue(target, ms).await,
+            Fault::BrokerDies => self.broker_dies(target, bound).await,
+            Fault::StepDown => self.step_down(target, bound).await,
+            Fault::OutOfDescriptors => self.out_of_descriptors(target, bound).await,
+            other => unreachable!("{other:?} needs its test's own set-up"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -445,8 +330,8 @@ async fn never_two_active_and_nothing_lost_under_random_faults() {
     let faults = env_usize("LOCKGATE_FAULTS", 20);
     // Soak mode: keep injecting until LOCKGATE_SOAK_SECS have passed.
     let soak = Duration::from_secs(env_usize("LOCKGATE_SOAK_SECS", 0) as u64);
-    let mut c = Cluster::start(|_| None).await;
-    let mut run = Run::start(c.ports);
+    let mut c = Cluster::start(Pair::file()).await;
+    let mut run = Run::start(&c.p.ports);
     eprintln!(
         "fault injection: {faults} faults, seed {} (replay: LOCKGATE_FAULT_SEED={})",
         run.seed, run.seed
@@ -454,69 +339,36 @@ async fn never_two_active_and_nothing_lost_under_random_faults() {
     let mut n = 0;
     while n < faults || run.t0.elapsed() < soak {
         n += 1;
-        let active = serving(&c.ports).await;
-        let fault = match run.rng.below(6) {
-            0 => Fault::KillAndRestart,
-            1 => Fault::StopAndContinue(50 + run.rng.below(250)),
-            2 => Fault::BrokerDies,
-            3 => Fault::StepDown,
-            4 => Fault::ReplaceLockFile(run.rng.below(2) == 0),
-            _ => Fault::OutOfDescriptors,
-        };
-        let target = active.unwrap_or(run.rng.below(NODES as u64) as usize);
-        run.log(format!(
-            "fault {n}: {fault:?} on node{target} (active: {active:?})"
-        ));
+        let (active, fault, target) = run.next_fault(n, &c.p.ports, &FILE_FAULTS).await;
         let bound = match fault {
-            Fault::KillAndRestart | Fault::StepDown | Fault::OutOfDescriptors => {
-                c.bounds.holder_stops
-            }
             Fault::StopAndContinue(ms) => Duration::from_millis(ms),
             Fault::BrokerDies => c.bounds.broker_dies.unwrap_or_default(),
             Fault::ReplaceLockFile(_) => c.bounds.fence_within,
+            _ => c.bounds.holder_stops,
         };
         let injected = Instant::now();
         match fault {
-            Fault::KillAndRestart => c.kill_and_restart(target, bound).await,
-            Fault::StopAndContinue(ms) => c.stop_and_continue(target, ms).await,
-            Fault::BrokerDies => c.broker_dies(target, bound).await,
-            Fault::StepDown => c.step_down(target, bound).await,
-            Fault::OutOfDescriptors => c.out_of_descriptors(target, bound).await,
             Fault::ReplaceLockFile(delete) => {
                 // Until the holder's next check a standby may lock the new file while the
                 // holder still serves: the documented window, excused in the checker.
                 let window = bound + Duration::from_secs(1);
                 run.excused.push((injected, injected + window));
-                let path = c.dir.path().join("locks/mirror-cluster-clients");
                 if delete {
-                    let _ = std::fs::remove_file(&path);
+                    let _ = std::fs::remove_file(c.p.lock_file());
                 } else {
-                    let tmp = c.dir.path().join("locks/replacement");
+                    let tmp = c.p.dir.path().join("locks/replacement");
                     std::fs::write(&tmp, b"").unwrap();
-                    std::fs::rename(&tmp, &path).unwrap();
+                    std::fs::rename(&tmp, c.p.lock_file()).unwrap();
                 }
-                wait_until_serving(&c.ports, bound + SLACK).await;
+                wait_any_serving(&c.p.ports, bound + SLACK).await;
                 // Let the window close before the next fault, so no later overlap hides in it.
                 tokio::time::sleep_until((injected + window).into()).await;
             }
+            other => c.inject(other, target, bound).await,
         }
-        run.recovered(&c.ports, active, injected, bound).await;
+        run.recovered(&c.p.ports, active, injected, bound).await;
     }
-    run.finish(&c.witnesses).await;
-}
-
-#[derive(Clone, Copy, Debug)]
-enum ZkFault {
-    KillAndRestart,
-    /// Shorter than F: nothing should change.
-    ShortStop(u64),
-    /// Longer than the session: the standby takes over; the woken holder fences.
-    FrozenPastSession,
-    BrokerDies,
-    StepDown,
-    ZkMemberDies,
-    EnsembleDown,
-    Partition,
+    run.finish(&c.p.up).await;
 }
 
 /// The same witness and checker with a three-server ZooKeeper ensemble; each node reaches it
@@ -547,124 +399,86 @@ async fn zookeeper_never_two_active_and_nothing_lost_under_random_faults() {
                 .join(",")
         })
         .collect();
-    let mut c = Cluster::start(|i| {
-        Some(format!(
+    let mut c = Cluster::start(Pair::zookeeper_keys(move |i| {
+        format!(
             "connect-string = \"{}\"\nnamespace = \"faults\"\nsession-ms = 4000\nsession-percent = 33\nconnection-ms = 1500",
             connect[i]
-        ))
-    })
+        )
+    }))
     .await;
     let session = c.bounds.holder_dies;
-    let mut run = Run::start(c.ports);
+    let mut run = Run::start(&c.p.ports);
     eprintln!(
         "ZooKeeper fault injection: {faults} faults, seed {} (replay: LOCKGATE_FAULT_SEED={})",
         run.seed, run.seed
     );
     for n in 0..faults {
-        let active = serving(&c.ports).await;
-        let fault = match run.rng.below(8) {
-            0 => ZkFault::KillAndRestart,
-            1 => ZkFault::ShortStop(50 + run.rng.below(250)),
-            2 => ZkFault::FrozenPastSession,
-            3 => ZkFault::BrokerDies,
-            4 => ZkFault::StepDown,
-            5 => ZkFault::ZkMemberDies,
-            6 => ZkFault::EnsembleDown,
-            _ => ZkFault::Partition,
-        };
-        let target = active.unwrap_or(run.rng.below(NODES as u64) as usize);
-        run.log(format!(
-            "fault {n}: {fault:?} on node{target} (active: {active:?})"
-        ));
+        let (active, fault, target) = run.next_fault(n, &c.p.ports, &ZK_FAULTS).await;
         let injected = Instant::now();
         let bound = match fault {
-            ZkFault::KillAndRestart
-            | ZkFault::FrozenPastSession
-            | ZkFault::Partition
-            | ZkFault::EnsembleDown => session,
-            ZkFault::ShortStop(ms) => Duration::from_millis(ms),
-            ZkFault::BrokerDies => c.bounds.broker_dies.unwrap_or_default(),
-            ZkFault::StepDown | ZkFault::ZkMemberDies => c.bounds.holder_stops,
+            Fault::KillAndRestart
+            | Fault::FrozenPastSession
+            | Fault::Partition
+            | Fault::EnsembleDown => session,
+            Fault::StopAndContinue(ms) => Duration::from_millis(ms),
+            Fault::BrokerDies => c.bounds.broker_dies.unwrap_or_default(),
+            _ => c.bounds.holder_stops,
         };
         match fault {
-            ZkFault::KillAndRestart => c.kill_and_restart(target, bound).await,
-            ZkFault::ShortStop(ms) => c.stop_and_continue(target, ms).await,
-            ZkFault::FrozenPastSession => {
-                c.nodes[target].signal(libc::SIGSTOP);
-                wait_until_serving(&c.ports, bound + SLACK).await;
-                c.nodes[target].signal(libc::SIGCONT);
+            Fault::FrozenPastSession => {
+                c.p.nodes[target].signal(libc::SIGSTOP);
+                wait_any_serving(&c.p.ports, bound + SLACK).await;
+                c.p.nodes[target].signal(libc::SIGCONT);
             }
-            ZkFault::BrokerDies => c.broker_dies(target, bound).await,
-            ZkFault::StepDown => c.step_down(target, bound).await,
-            ZkFault::ZkMemberDies => {
+            Fault::ZkMemberDies => {
                 let member = run.rng.below(3) as usize;
                 zk.kill(member);
-                wait_until_serving(&c.ports, SLACK).await;
+                wait_any_serving(&c.p.ports, SLACK).await;
                 zk.restart(member).await;
                 zk.wait_serving(member).await;
             }
-            ZkFault::EnsembleDown => {
+            Fault::EnsembleDown => {
                 for j in 0..3 {
                     zk.kill(j);
                 }
                 // Every node fences within F; then nobody serves until the ensemble returns.
-                let fenced_by = Instant::now() + c.bounds.fence_within + SLACK;
-                while serving(&c.ports).await.is_some() {
-                    assert!(
-                        Instant::now() < fenced_by,
-                        "a node still serves with the ensemble down"
-                    );
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                let what = "every node fences with the ensemble down";
+                eventually(c.bounds.fence_within + SLACK, what, async || {
+                    serving(&c.p.ports).await.is_none().then_some(())
+                })
+                .await;
                 for j in 0..3 {
                     zk.restart(j).await;
                 }
                 for j in 0..3 {
                     zk.wait_serving(j).await;
                 }
-                wait_until_serving(&c.ports, bound + SLACK).await;
+                wait_any_serving(&c.p.ports, bound + SLACK).await;
             }
-            ZkFault::Partition => {
+            Fault::Partition => {
                 for r in &relays[target] {
                     r.blackhole();
                 }
                 // Another node serves once the partitioned holder's session is gone.
-                let deadline = Instant::now() + bound + SLACK;
-                loop {
-                    if serving(&c.ports).await.is_some_and(|i| i != target) {
-                        break;
-                    }
-                    assert!(
-                        Instant::now() < deadline,
-                        "no other node served after node{target} was partitioned"
-                    );
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                let what = format!("another node serves after node{target} was partitioned");
+                eventually(bound + SLACK, &what, async || {
+                    serving(&c.p.ports).await.filter(|i| *i != target)
+                })
+                .await;
                 for r in &relays[target] {
                     r.heal();
                 }
             }
+            other => c.inject(other, target, bound).await,
         }
-        run.recovered(&c.ports, active, injected, bound).await;
+        run.recovered(&c.p.ports, active, injected, bound).await;
     }
-    run.finish(&c.witnesses).await;
-}
-
-/// Waits until one node serves (a probe round trip), failing after `bound`.
-async fn wait_until_serving(ports: &[u16; NODES], bound: Duration) {
-    let deadline = Instant::now() + bound;
-    loop {
-        if serving(ports).await.is_some() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "no node served within {bound:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    run.finish(&c.p.up).await;
 }
 
 /// The checker: no overlap between nodes, no acknowledged message lost.
 fn check(
-    witnesses: &[Witness],
+    witnesses: &[Upstream],
     acked: &Mutex<Vec<String>>,
     excused: &[(Instant, Instant)],
     t0: Instant,
@@ -673,7 +487,7 @@ fn check(
     timeline: &str,
 ) {
     let mut problems = Vec::new();
-    let per_node: Vec<_> = witnesses.iter().map(Witness::intervals).collect();
+    let per_node: Vec<_> = witnesses.iter().map(Upstream::intervals).collect();
     for a in 0..NODES {
         for b in (a + 1)..NODES {
             for (fa, la, _) in &per_node[a] {

@@ -11,52 +11,9 @@ use std::time::Duration;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-struct Pair {
-    up: [Upstream; 2],
-    ports: [u16; 2],
-    admin: [u16; 2],
-    nodes: [Node; 2],
-    configs: [PathBuf; 2],
-    // Last: the nodes' logs live here.
-    dir: tempfile::TempDir,
-}
-
-async fn pair(admin_extra: &str) -> Pair {
-    let dir = tempfile::tempdir().unwrap();
-    let locks = dir.path().join("locks");
-    std::fs::create_dir(&locks).unwrap();
-    let up = [Upstream::start().await, Upstream::start().await];
-    let ports = [free_port(), free_port()];
-    let admin = [free_port(), free_port()];
-    let config = |i: usize, id: &str| {
-        NodeSpec {
-            node_id: id,
-            locks: &locks,
-            client_port: ports[i],
-            upstream: up[i].addr,
-            check_period_ms: 500,
-            health: None,
-            // A table after the arrays of tables is still a top-level table.
-            extra: format!(
-                "\n[admin]\nlisten = \"127.0.0.1:{}\"\n{admin_extra}\n",
-                admin[i]
-            ),
-            zookeeper: None,
-        }
-        .write(dir.path())
-    };
-    let configs = [config(0, "node0"), config(1, "node1")];
-    let mut node0 = Node::start("node0", &configs[0], dir.path()).await;
-    node0.wait_active().await;
-    let node1 = Node::start("node1", &configs[1], dir.path()).await;
-    Pair {
-        up,
-        ports,
-        admin,
-        nodes: [node0, node1],
-        configs,
-        dir,
-    }
+/// node0 holding, node1 contending, each with an admin endpoint (`admin_keys` in its table).
+async fn pair(admin_keys: &str) -> Pair {
+    Pair::file().admin(admin_keys).start().await
 }
 
 async fn scrape(port: u16) -> String {
@@ -182,53 +139,23 @@ async fn metrics_and_ready_follow_a_failover() {
         "{v}"
     );
     assert_eq!(v["routes"][0]["listening"], true, "{v}");
-    let _ = (&p.up, &p.dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn step_down_moves_traffic_to_the_peer_without_overlap() {
     let mut p = pair("").await;
-    let mut sampler = Sampler::start(p.ports[0], p.ports[1]);
-    sampler.wait_for(|r| r.a_served > 0).await;
-    let out = lockgate()
-        .args([
-            "step-down",
-            "--lock",
-            "clients-lock",
-            "--hold-off-ms",
-            "60000",
-            "--drain-ms",
-            "100",
-            "--config",
-        ])
-        .arg(&p.configs[0])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("stepped down"));
+    let mut sampler = p.sampler().await;
+    let step_down = "step-down --lock clients-lock --hold-off-ms 60000 --drain-ms 100";
+    let args: Vec<&str> = step_down.split(' ').collect();
+    let out = cli_ok(&args, &p.configs[0]).await;
+    assert!(out.contains("stepped down"), "{out}");
     p.nodes[0].wait_standby("released: step_down").await;
     p.nodes[1].wait_active().await;
     sampler.wait_for(|r| r.b_served > 0).await;
-    let r = sampler.finish().await;
-    assert!(r.samples > 0 && r.both == 0, "{r:?}");
+    assert_never_two(&sampler.finish().await, &p.nodes);
 
     // Resume: node0 contends again (behind node1).
-    let out = lockgate()
-        .args(["resume", "--lock", "clients-lock", "--config"])
-        .arg(&p.configs[0])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cli_ok(&["resume", "--lock", "clients-lock"], &p.configs[0]).await;
     p.nodes[0].wait_standby("contending").await;
     assert!(!serves(p.ports[0]).await);
 }
@@ -240,81 +167,45 @@ async fn mutating_endpoints_need_the_token_and_bad_requests_get_4xx() {
     std::fs::write(&token, "0123456789abcdef0123\n").unwrap();
     let p = pair(&format!("token-file = \"{}\"", token.display())).await;
     let path = "/locks/clients-lock/step-down?hold-off-ms=1000";
-    assert_eq!(http(p.admin[1], "POST", path, &[]).await.0, 401);
-    assert_eq!(
-        http(p.admin[1], "POST", path, &["Authorization: Bearer wrong"])
+    let code = async |method, path, token: Option<&str>| {
+        let auth = token.map(|t| format!("Authorization: Bearer {t}"));
+        http(p.admin[1], method, path, &Vec::from_iter(auth.as_deref()))
             .await
-            .0,
-        401
-    );
-    assert_eq!(
-        http(
-            p.admin[1],
-            "POST",
-            path,
-            &["Authorization: Bearer 0123456789abcdef0123"]
-        )
-        .await
-        .0,
-        200
-    );
-    assert_eq!(http(p.admin[1], "GET", "/no/such/path", &[]).await.0, 404);
-    assert_eq!(http(p.admin[1], "POST", "/metrics", &[]).await.0, 405);
-    assert_eq!(http(p.admin[1], "GET", path, &[]).await.0, 405);
-    assert_eq!(
-        http(
-            p.admin[1],
-            "POST",
-            "/locks/nope/step-down",
-            &["Authorization: Bearer 0123456789abcdef0123"]
-        )
-        .await
-        .0,
-        404
-    );
-    assert_eq!(
-        http(
-            p.admin[1],
-            "POST",
-            "/locks/clients-lock/step-down?hold-off-ms=soon",
-            &["Authorization: Bearer 0123456789abcdef0123"]
-        )
-        .await
-        .0,
-        400
-    );
+            .0
+    };
+    let good = Some("0123456789abcdef0123");
+    assert_eq!(code("POST", path, None).await, 401);
+    assert_eq!(code("POST", path, Some("wrong")).await, 401);
+    assert_eq!(code("POST", path, good).await, 200);
+    assert_eq!(code("GET", "/no/such/path", None).await, 404);
+    assert_eq!(code("POST", "/metrics", None).await, 405);
+    assert_eq!(code("GET", path, None).await, 405);
+    assert_eq!(code("POST", "/locks/nope/step-down", good).await, 404);
+    let bad_hold_off = "/locks/clients-lock/step-down?hold-off-ms=soon";
+    assert_eq!(code("POST", bad_hold_off, good).await, 400);
     // Garbage and an oversized head: refused, and forwarding is undisturbed.
-    let mut g = tokio::net::TcpStream::connect(("127.0.0.1", p.admin[1]))
-        .await
-        .unwrap();
-    g.write_all(b"\x16\x03\x01 definitely not http\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(BOUND, g.read_to_end(&mut out))
-        .await
-        .unwrap();
-    assert!(
-        out.is_empty() || out.starts_with(b"HTTP/1.1 4"),
-        "{}",
-        String::from_utf8_lossy(&out)
+    let big = format!(
+        "GET /status HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
     );
-    let big = format!("X-Big: {}", "a".repeat(64 * 1024));
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", p.admin[1]))
-        .await
-        .unwrap();
-    let _ = s
-        .write_all(format!("GET /status HTTP/1.1\r\nHost: x\r\n{big}\r\n\r\n").as_bytes())
-        .await;
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(BOUND, s.read_to_end(&mut out))
-        .await
-        .unwrap();
-    assert!(
-        out.is_empty() || out.starts_with(b"HTTP/1.1 4"),
-        "{}",
-        String::from_utf8_lossy(&out[..out.len().min(200)])
-    );
+    for request in [
+        &b"\x16\x03\x01 definitely not http\r\n\r\n"[..],
+        big.as_bytes(),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", p.admin[1]))
+            .await
+            .unwrap();
+        let _ = s.write_all(request).await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(BOUND, s.read_to_end(&mut out))
+            .await
+            .unwrap();
+        assert!(
+            out.is_empty() || out.starts_with(b"HTTP/1.1 4"),
+            "{}",
+            String::from_utf8_lossy(&out[..out.len().min(200)])
+        );
+    }
     assert!(serves(p.ports[0]).await);
     assert_eq!(http(p.admin[0], "GET", "/healthz", &[]).await.0, 200);
     let _ = &dir;
@@ -407,20 +298,21 @@ async fn reload_adds_and_removes_routes_without_disturbing_others() {
     assert_eq!(node.wait_exit().await.code(), Some(0));
 }
 
+/// Changes node0's check-period from 500 to `ms` and reloads it (SIGHUP).
+fn reload_check_period(p: &Pair, ms: u64) {
+    let text = std::fs::read_to_string(&p.configs[0]).unwrap();
+    let text = text.replace("check-period = 500", &format!("check-period = {ms}"));
+    std::fs::write(&p.configs[0], text).unwrap();
+    p.nodes[0].signal(libc::SIGHUP);
+}
+
 /// A changed lock coordinator is re-created safely: the old one closes its gate and releases
 /// the lock before the new one contends (here the peer takes over in between).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_recreates_a_changed_lock_coordinator_safely() {
     let mut p = pair("").await;
-    let mut sampler = Sampler::start(p.ports[0], p.ports[1]);
-    sampler.wait_for(|r| r.a_served > 0).await;
-    let text = std::fs::read_to_string(&p.configs[0]).unwrap();
-    std::fs::write(
-        &p.configs[0],
-        text.replace("check-period = 500", "check-period = 700"),
-    )
-    .unwrap();
-    p.nodes[0].signal(libc::SIGHUP);
+    let mut sampler = p.sampler().await;
+    reload_check_period(&p, 700);
     p.nodes[0].wait_standby("released: shutdown").await;
     p.nodes[0]
         .wait_note(|l| l == "STATUS=configuration reloaded")
@@ -428,8 +320,7 @@ async fn reload_recreates_a_changed_lock_coordinator_safely() {
     p.nodes[1].wait_active().await;
     p.nodes[0].wait_standby("contending").await;
     sampler.wait_for(|r| r.b_served > 0).await;
-    let r = sampler.finish().await;
-    assert!(r.samples > 0 && r.both == 0, "{r:?}");
+    assert_never_two(&sampler.finish().await, &p.nodes);
 }
 
 /// Issue 14, item 1: SIGTERM during a long step-down drain (a client keeps its connection)
@@ -459,13 +350,7 @@ async fn shutdown_and_reload_preempt_a_step_down_drain() {
         let started = std::time::Instant::now();
         if reload_first {
             // A changed check-period restarts the coordinator: its drain ends now.
-            let text = std::fs::read_to_string(&p.configs[0]).unwrap();
-            std::fs::write(
-                &p.configs[0],
-                text.replace("check-period = 500", "check-period = 600"),
-            )
-            .unwrap();
-            p.nodes[0].signal(libc::SIGHUP);
+            reload_check_period(&p, 600);
             p.nodes[0].wait_log("configuration reloaded", None).await;
             let took = started.elapsed();
             assert!(

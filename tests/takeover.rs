@@ -12,77 +12,43 @@ use common::*;
 const SLOW_PERIOD_MS: u64 = 5000;
 const WELL_BEFORE_A_TICK: Duration = Duration::from_millis(2500);
 
-struct Pair {
-    up: [Upstream; 2],
-    ports: [u16; 2],
-    nodes: [Node; 2],
-    // Last: the nodes' logs live here, and are printed when a test fails.
-    _dir: tempfile::TempDir,
+/// node0 holding, node1 contending, with a check-period far longer than any takeover.
+async fn slow_pair(health: Option<(u64, u32, u32)>) -> Pair {
+    let pair = Pair::file().check_period_ms(SLOW_PERIOD_MS);
+    match health {
+        Some(h) => pair.health(h),
+        None => pair,
+    }
+    .start()
+    .await
 }
 
-async fn pair(health: Option<(u64, u32, u32)>) -> Pair {
-    let dir = tempfile::tempdir().unwrap();
-    let locks = dir.path().join("locks");
-    std::fs::create_dir(&locks).unwrap();
-    let up = [Upstream::start().await, Upstream::start().await];
-    let ports = [free_port(), free_port()];
-    let config = |i: usize, id| {
-        NodeSpec {
-            node_id: id,
-            locks: &locks,
-            client_port: ports[i],
-            upstream: up[i].addr,
-            check_period_ms: SLOW_PERIOD_MS,
-            health,
-            extra: String::new(),
-            zookeeper: None,
-        }
-        .write(dir.path())
-    };
-    let (c0, c1) = (config(0, "node0"), config(1, "node1"));
-    let mut node0 = Node::start("node0", &c0, dir.path()).await;
-    node0.wait_active().await;
-    let node1 = Node::start("node1", &c1, dir.path()).await;
-    Pair {
-        _dir: dir,
-        up,
-        ports,
-        nodes: [node0, node1],
-    }
+/// Injects `fault`, waits until node1 serves, bounds the time and checks never-two.
+async fn takeover_after(p: &mut Pair, what: &str, fault: impl FnOnce(&mut Pair)) {
+    let mut sampler = p.sampler().await;
+    let started = Instant::now();
+    fault(p);
+    wait_serving(p.ports[1]).await;
+    let took = started.elapsed();
+    eprintln!("{what} takeover with check-period {SLOW_PERIOD_MS} ms: {took:?}");
+    assert!(took < WELL_BEFORE_A_TICK, "took {took:?}");
+    p.nodes[1].wait_active().await;
+    sampler.wait_for(|r| r.b_served > 0).await;
+    assert_never_two(&sampler.finish().await, &p.nodes);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_takeover_does_not_wait_for_the_check_period() {
-    let mut p = pair(None).await;
-    let mut sampler = Sampler::start(p.ports[0], p.ports[1]);
-    sampler.wait_for(|r| r.a_served > 0).await;
-    let fault = Instant::now();
-    p.nodes[0].signal(libc::SIGKILL);
-    wait_serving(p.ports[1]).await;
-    let took = fault.elapsed();
-    eprintln!("SIGKILL takeover with check-period {SLOW_PERIOD_MS} ms: {took:?}");
-    assert!(took < WELL_BEFORE_A_TICK, "took {took:?}");
-    p.nodes[1].wait_active().await;
-    let r = sampler.finish().await;
-    assert!(r.samples > 0 && r.both == 0, "{r:?}");
+    let mut p = slow_pair(None).await;
+    takeover_after(&mut p, "SIGKILL", |p| p.nodes[0].signal(libc::SIGKILL)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_death_takeover_does_not_wait_for_the_check_period() {
-    let mut p = pair(Some((100, 1, 2))).await;
-    let mut sampler = Sampler::start(p.ports[0], p.ports[1]);
-    sampler.wait_for(|r| r.a_served > 0).await;
-    let fault = Instant::now();
-    p.up[0].stop_listening();
-    wait_serving(p.ports[1]).await;
-    let took = fault.elapsed();
-    eprintln!(
-        "broker-death takeover (interval 100 ms, fall 2) with check-period {SLOW_PERIOD_MS} ms: {took:?}"
-    );
-    assert!(took < WELL_BEFORE_A_TICK, "took {took:?}");
+    let mut p = slow_pair(Some((100, 1, 2))).await;
+    let what = "broker-death (interval 100 ms, fall 2)";
+    takeover_after(&mut p, what, |p| p.up[0].stop_listening()).await;
     p.nodes[0].wait_standby("released: health").await;
-    let r = sampler.finish().await;
-    assert!(r.samples > 0 && r.both == 0, "{r:?}");
 }
 
 /// The lock moves back and forth as each broker in turn goes down and comes back; neither
@@ -90,7 +56,7 @@ async fn broker_death_takeover_does_not_wait_for_the_check_period() {
 /// lock that arrives unwanted is released).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_cycles_leak_no_thread_and_no_descriptor() {
-    let mut p = pair(Some((50, 1, 1))).await;
+    let mut p = slow_pair(Some((50, 1, 1))).await;
     let mut baseline = None;
     for cycle in 0..8 {
         let (from, to) = (cycle % 2, 1 - cycle % 2);
@@ -127,6 +93,19 @@ async fn many_cycles_leak_no_thread_and_no_descriptor() {
     }
 }
 
+/// node0 serves while its upstream refuses connects: a client's connect through node0 meets
+/// the refusal. Returns when the client's connect was made.
+async fn refuse_one_connect(p: &mut Pair) -> Instant {
+    wait_serving(p.ports[0]).await;
+    p.up[0].stop_listening();
+    p.up[0].wait_refusing().await;
+    let at = Instant::now();
+    if let Some(c) = try_connect(p.ports[0], Duration::from_millis(300)).await {
+        abort(c);
+    }
+    at
+}
+
 /// A client's connect that the dead broker refuses starts the health check at once
 /// (observe-connects): the holder confirms with `fall` fast probes and releases, so takeover
 /// takes milliseconds, not `interval-ms` × `fall` (2 s here, the defaults).
@@ -134,18 +113,10 @@ async fn many_cycles_leak_no_thread_and_no_descriptor() {
 async fn a_refused_client_connect_confirms_broker_death_in_milliseconds() {
     const INTERVAL_MS: u64 = 1000;
     const FALL: u32 = 2;
-    let mut p = pair(Some((INTERVAL_MS, 1, FALL))).await;
-    p.nodes[1].wait_standby("contending").await;
-    wait_serving(p.ports[0]).await;
-    p.up[0].stop_listening();
-    p.up[0].wait_refusing().await;
+    let mut p = slow_pair(Some((INTERVAL_MS, 1, FALL))).await;
     // The first client after the broker died: accepted by node0, whose connect upstream is
     // refused.
-    let fault = Instant::now();
-    let c = try_connect(p.ports[0], Duration::from_millis(300)).await;
-    if let Some(c) = c {
-        abort(c);
-    }
+    let fault = refuse_one_connect(&mut p).await;
     wait_serving(p.ports[1]).await;
     let took = fault.elapsed();
     let slow_path = Duration::from_millis(INTERVAL_MS * u64::from(FALL));
@@ -164,26 +135,12 @@ async fn a_refused_client_connect_confirms_broker_death_in_milliseconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_flaky_connect_does_not_move_the_lock() {
     // fall 10: the broker is back long before nine fast probes (10 ms apart) could fail.
-    let mut p = pair(Some((1000, 1, 10))).await;
-    p.nodes[1].wait_standby("contending").await;
-    wait_serving(p.ports[0]).await;
+    let mut p = slow_pair(Some((1000, 1, 10))).await;
     // A connect the upstream refuses, then it listens again at once.
-    p.up[0].stop_listening();
-    p.up[0].wait_refusing().await;
-    if let Some(c) = try_connect(p.ports[0], Duration::from_millis(300)).await {
-        abort(c);
-    }
-    let deadline = Instant::now() + BOUND;
-    while !p.nodes[0]
-        .log_text()
-        .contains("cannot connect to the upstream")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "node0 never saw the refused connect"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    refuse_one_connect(&mut p).await;
+    p.nodes[0]
+        .wait_log("cannot connect to the upstream", None)
+        .await;
     p.up[0].resume_listening().await;
     // Well past what a confirmed death takes (see above), node0 still serves and node1 does not.
     let until = Instant::now() + Duration::from_millis(400);

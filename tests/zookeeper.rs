@@ -25,67 +25,47 @@ const F_ENSEMBLE: Duration = Duration::from_millis(1980);
 /// Scheduling slack granted on top of F in the "fences within F" bounds.
 const SLACK: Duration = Duration::from_millis(1500);
 
-struct Pair {
-    _up: [Upstream; 2],
-    ports: [u16; 2],
-    nodes: [Node; 2],
-    configs: [std::path::PathBuf; 2],
-    // Last: the nodes' logs live here, and are printed when a test fails.
-    dir: tempfile::TempDir,
-}
-
 /// node0 (holding) and node1 (standing by); each connects through its own connect string.
-async fn pair(connect: [&str; 2], timing: &str) -> Pair {
-    let dir = tempfile::tempdir().unwrap();
-    let up = [Upstream::start().await, Upstream::start().await];
-    let ports = [free_port(), free_port()];
-    let config = |i: usize, id: &str| {
-        NodeSpec {
-            node_id: id,
-            locks: dir.path(),
-            client_port: ports[i],
-            upstream: up[i].addr,
-            check_period_ms: 500,
-            health: None,
-            extra: String::new(),
-            zookeeper: Some(format!(
-                "connect-string = \"{}\"\nnamespace = \"lockgate-test\"\n{timing}",
-                connect[i]
-            )),
-        }
-        .write(dir.path())
-    };
-    let configs = [config(0, "node0"), config(1, "node1")];
-    let mut node0 = Node::start("node0", &configs[0], dir.path()).await;
-    node0.wait_active().await;
-    let mut node1 = Node::start("node1", &configs[1], dir.path()).await;
-    node1.wait_standby("contending").await;
-    Pair {
-        dir,
-        _up: up,
-        ports,
-        nodes: [node0, node1],
-        configs,
-    }
+async fn pair(connect: [&str; 2], timing: &'static str) -> Pair {
+    let connect = connect.map(str::to_owned);
+    Pair::zookeeper_keys(move |i| zk_keys(&connect[i], timing))
+        .start()
+        .await
 }
 
-/// One at a time: one ZooKeeper server and a pair on it, or `None` without ZooKeeper.
-async fn single_server_pair()
--> Option<(tokio::sync::MutexGuard<'static, ()>, Ensemble, String, Pair)> {
+type OneAtATime = tokio::sync::MutexGuard<'static, ()>;
+
+/// One at a time: one ZooKeeper server, or `None` without ZooKeeper.
+async fn one_server() -> Option<(OneAtATime, Ensemble)> {
     let one = ONE_AT_A_TIME.lock().await;
     if !available() {
         return None;
     }
-    let zk = Ensemble::start(1).await;
+    Some((one, Ensemble::start(1).await))
+}
+
+/// One at a time: one ZooKeeper server and a pair on it, or `None` without ZooKeeper.
+async fn single_server_pair() -> Option<(OneAtATime, Ensemble, String, Pair)> {
+    let (one, zk) = one_server().await?;
     let cs = zk.connect_string();
-    let p = pair([&cs, &cs], FAST).await;
+    let p = Pair::zookeeper(&cs, FAST).start().await;
     Some((one, zk, cs, p))
 }
 
-fn never_two(r: &SamplerReport) {
-    assert!(r.samples > 0, "{r:?}");
-    assert_eq!(r.both, 0, "both nodes served at once: {r:?}");
+/// The contender nodes under the lock's folder, once `pred` holds for them.
+async fn children_when(
+    client: &zookeeper_client::Client,
+    what: &str,
+    pred: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    eventually(BOUND, what, async || {
+        let c = client.list_children(LOCK_DIR).await.unwrap();
+        pred(&c).then_some(c)
+    })
+    .await
 }
+
+const LOCK_DIR: &str = "/lockgate-test/mirror-cluster-clients";
 
 /// 1. Holder SIGKILL: the standby takes over once the server expires the holder's session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,8 +73,7 @@ async fn holder_sigkill_fails_over_after_session_expiry() {
     let Some((_one, _zk, _cs, mut p)) = single_server_pair().await else {
         return;
     };
-    let mut sampler = Sampler::start(p.ports[0], p.ports[1]);
-    sampler.wait_for(|r| r.a_served > 0).await;
+    let mut sampler = p.sampler().await;
     let fault = Instant::now();
     p.nodes[0].signal(libc::SIGKILL);
     p.nodes[0].wait_exit().await;
@@ -102,16 +81,9 @@ async fn holder_sigkill_fails_over_after_session_expiry() {
     let took = fault.elapsed();
     eprintln!("ZooKeeper takeover after holder SIGKILL (session 4000 ms): {took:?}");
     sampler.wait_for(|r| r.b_served > 0).await;
-    never_two(&sampler.finish().await);
+    assert_never_two(&sampler.finish().await, &p.nodes);
     // `status` shows the holder from the owner record in its node.
-    let out = lockgate()
-        .arg("status")
-        .arg("--config")
-        .arg(&p.configs[0])
-        .output()
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = cli_ok(&["status"], &p.configs[0]).await;
     assert!(text.contains("held by node node1"), "{text}");
 }
 
@@ -121,8 +93,7 @@ async fn holder_sigterm_hands_over_at_once() {
     let Some((_one, _zk, _cs, mut p)) = single_server_pair().await else {
         return;
     };
-    let mut sampler = Sampler::start(p.ports[0], p.ports[1]);
-    sampler.wait_for(|r| r.a_served > 0).await;
+    let sampler = p.sampler().await;
     let fault = Instant::now();
     p.nodes[0].signal(libc::SIGTERM);
     p.nodes[1].wait_active().await;
@@ -137,24 +108,21 @@ async fn holder_sigterm_hands_over_at_once() {
         "{:?}",
         fault.elapsed()
     );
-    never_two(&sampler.finish().await);
+    assert_never_two(&sampler.finish().await, &p.nodes);
 }
 
 /// 2. The holder is partitioned from ZooKeeper (its relay black-holes): it fences before the
 /// server expires its session and the standby acquires.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_holder_fences_before_the_standby_acquires() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    if !available() {
+    let Some((_one, zk)) = one_server().await else {
         return;
-    }
-    let zk = Ensemble::start(1).await;
+    };
     let relay = Relay::start(zk.client_port(0)).await;
     let via_relay = format!("127.0.0.1:{}", relay.port);
     let direct = zk.connect_string();
     let mut p = pair([&via_relay, &direct], FAST).await;
-    let mut sampler = Sampler::start(p.ports[0], p.ports[1]);
-    sampler.wait_for(|r| r.a_served > 0).await;
+    let mut sampler = p.sampler().await;
 
     let cut = std::time::Instant::now();
     relay.blackhole();
@@ -164,6 +132,7 @@ async fn partitioned_holder_fences_before_the_standby_acquires() {
     // One clock for both: the sampler's last success through the holder and its first
     // through the standby (two sequential awaits would order themselves).
     let r = sampler.finish().await;
+    assert_never_two(&r, &p.nodes);
     let (a_last, b_first) = (r.a_last.unwrap(), r.b_first.unwrap());
     let fenced = a_last.saturating_duration_since(cut);
     let acquired = b_first.saturating_duration_since(cut);
@@ -176,7 +145,6 @@ async fn partitioned_holder_fences_before_the_standby_acquires() {
         fenced <= F_FAST + SLACK,
         "the holder served until {fenced:?} after the cut, F is {F_FAST:?}"
     );
-    never_two(&r);
 }
 
 /// 5. The holder is frozen (SIGSTOP) past its session; the standby takes over; on SIGCONT the
@@ -186,8 +154,7 @@ async fn frozen_holder_fences_on_wake() {
     let Some((_one, _zk, _cs, mut p)) = single_server_pair().await else {
         return;
     };
-    let mut sampler = Sampler::start(p.ports[0], p.ports[1]);
-    sampler.wait_for(|r| r.a_served > 0).await;
+    let mut sampler = p.sampler().await;
     // A client connected through the holder before the freeze.
     let mut live = try_connect(p.ports[0], BOUND).await.unwrap();
     p.nodes[0].signal(libc::SIGSTOP);
@@ -207,10 +174,10 @@ async fn frozen_holder_fences_on_wake() {
         "the woken holder forwarded a reply: {r:?}"
     );
     assert!(
-        !p._up[0].messages().contains(&999),
+        !p.up[0].messages().contains(&999),
         "the woken holder forwarded stale bytes"
     );
-    never_two(&sampler.finish().await);
+    assert_never_two(&sampler.finish().await, &p.nodes);
 }
 
 /// 6. The holder's lock node is deleted by hand: it fences and contends again (behind the
@@ -221,41 +188,23 @@ async fn deleted_lock_node_fences_the_holder() {
         return;
     };
     let client = zookeeper_client::Client::connect(&cs).await.unwrap();
-    let dir = "/lockgate-test/mirror-cluster-clients";
     // Both contender nodes exist (node1 creates its own just after it starts contending).
-    let deadline = Instant::now() + BOUND;
-    let mut children = loop {
-        let c = client.list_children(dir).await.unwrap();
-        if c.len() == 2 {
-            break c;
-        }
-        assert!(Instant::now() < deadline, "{c:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let mut children = children_when(&client, "two contender nodes", |c| c.len() == 2).await;
     // Names are `lock-<session>-<sequence>`: order by the sequence.
     children.sort_by_key(|c| c.rsplit('-').next().and_then(|n| n.parse::<u64>().ok()));
     client
-        .delete(&format!("{dir}/{}", children[0]), None)
+        .delete(&format!("{LOCK_DIR}/{}", children[0]), None)
         .await
         .unwrap();
     p.nodes[0].wait_standby("lost: node_deleted").await;
     p.nodes[1].wait_active().await;
     // node0 contends again: a new node of its own, queued behind node1's.
     p.nodes[0].wait_standby("contending").await;
-    let deadline = Instant::now() + BOUND;
-    loop {
-        let now = client.list_children(dir).await.unwrap();
-        if now.len() == 2 && !now.contains(&children[0]) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node0 did not contend again: {now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    children_when(&client, "node0 contends again", |now| {
+        now.len() == 2 && !now.contains(&children[0])
+    })
+    .await;
     assert!(!serves(p.ports[0]).await);
-    let _ = &p.dir;
 }
 
 /// 3 and 4. A three-server ensemble: killing its leader moves the sessions without fencing or
@@ -273,9 +222,8 @@ async fn ensemble_member_loss_and_whole_ensemble_down() {
     }
     let mut zk = Ensemble::start(3).await;
     let cs = zk.connect_string();
-    let mut p = pair([&cs, &cs], ENSEMBLE).await;
-    let mut sampler = Sampler::start(p.ports[0], p.ports[1]);
-    sampler.wait_for(|r| r.a_served > 0).await;
+    let mut p = Pair::zookeeper(&cs, ENSEMBLE).start().await;
+    let sampler = p.sampler().await;
 
     // 3. The leader dies: the others elect a new one; sessions survive; nobody fences.
     let leader = zk.leader().await;
@@ -323,20 +271,9 @@ async fn ensemble_member_loss_and_whole_ensemble_down() {
     for i in 0..3 {
         zk.wait_serving(i).await;
     }
-    let deadline = Instant::now() + BOUND;
-    loop {
-        let (a, b) = (serves(p.ports[0]).await, serves(p.ports[1]).await);
-        assert!(!(a && b), "both serve after the ensemble returned");
-        if a || b {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "nobody serves after the ensemble returned"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    never_two(&sampler.finish().await);
+    // Exactly one: the sampler (checked below) finds no moment when both serve.
+    wait_any_serving(&p.ports, BOUND).await;
+    assert_never_two(&sampler.finish().await, &p.nodes);
 }
 
 /// 7 (run time). ZooKeeper unreachable at start: lockgate starts, its open routes serve, it
@@ -346,54 +283,38 @@ async fn unreachable_zookeeper_does_not_block_start() {
     let dir = tempfile::tempdir().unwrap();
     let up = Upstream::start().await;
     let (gated, open) = (free_port(), free_port());
-    let dead = free_port();
+    let dead = format!("127.0.0.1:{}", free_port());
     let config = NodeSpec {
-        node_id: "node0",
         locks: dir.path(),
         client_port: gated,
         upstream: up.addr,
-        check_period_ms: 500,
-        health: None,
         extra: format!(
             "\n[[route]]\nname = \"mirror\"\nlisten = \"127.0.0.1:{open}\"\nforward-to = \"{}\"\n",
             up.addr
         ),
-        zookeeper: Some(format!(
-            "connect-string = \"127.0.0.1:{dead}\"\nnamespace = \"lockgate-test\"\n{FAST}"
-        )),
+        zookeeper: Some(zk_keys(&dead, FAST)),
+        ..NodeSpec::default()
     }
     .write(dir.path());
     let node = Node::start("node0", &config, dir.path()).await;
     wait_serving(open).await;
     assert!(!serves(gated).await);
-    let out = lockgate()
-        .arg("status")
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .await
-        .unwrap();
+    let out = cli(&["status"], &config).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("unknown: ZooKeeper unreachable"), "{text}");
-    let deadline = Instant::now() + BOUND;
-    while !node.log_text().contains("cannot reach ZooKeeper") {
-        assert!(Instant::now() < deadline, "{}", node.log_text());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    node.wait_log("cannot reach ZooKeeper", None).await;
 }
 
 /// A contender recognises nodes named with its own session (left by a create whose answer was
 /// lost with the connection) and deletes them instead of queueing behind itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_contender_deletes_its_own_orphaned_nodes() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    if !available() {
+    let Some((_one, zk)) = one_server().await else {
         return;
-    }
-    let zk = Ensemble::start(1).await;
+    };
     let cs = zk.connect_string();
     let client = zookeeper_client::Client::connect(&cs).await.unwrap();
-    let dir = "/lockgate-test/mirror-cluster-clients";
+    let dir = LOCK_DIR;
     let mkdir =
         zookeeper_client::CreateMode::Persistent.with_acls(zookeeper_client::Acls::anyone_all());
     client.mkdir(dir, &mkdir).await.unwrap();
@@ -413,25 +334,15 @@ async fn a_contender_deletes_its_own_orphaned_nodes() {
         locks: tmp.path(),
         client_port: port,
         upstream: up.addr,
-        check_period_ms: 500,
-        health: None,
-        extra: String::new(),
-        zookeeper: Some(format!(
-            "connect-string = \"{cs}\"\nnamespace = \"lockgate-test\"\n{FAST}"
-        )),
+        zookeeper: Some(zk_keys(&cs, FAST)),
+        ..NodeSpec::default()
     }
     .write(tmp.path());
     let node = Node::start("node1", &config, tmp.path()).await;
     // Its node, behind the test's.
-    let deadline = Instant::now() + BOUND;
-    let own = loop {
-        let c = client.list_children(dir).await.unwrap();
-        if let Some(n) = c.into_iter().find(|n| !n.starts_with("lock-1-")) {
-            break n;
-        }
-        assert!(Instant::now() < deadline, "node1 created no node");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let theirs = |c: &[String]| c.iter().any(|n| !n.starts_with("lock-1-"));
+    let c = children_when(&client, "node1 creates a node", theirs).await;
+    let own = c.into_iter().find(|n| !n.starts_with("lock-1-")).unwrap();
     // An orphan named as node1's session's would be.
     let tag = &own[..own.rfind('-').unwrap() + 1];
     let (_, orphan) = client
@@ -466,47 +377,20 @@ async fn a_contender_deletes_its_own_orphaned_nodes() {
 /// before the thaw, and only what arrives after it counts.
 async fn frozen_mid_write(zero_copy: bool) {
     use tokio::io::AsyncWriteExt;
-    let _one = ONE_AT_A_TIME.lock().await;
-    if !available() {
+    let Some((_one, zk)) = one_server().await else {
         return;
-    }
-    let zk = Ensemble::start(1).await;
+    };
     let cs = zk.connect_string();
-    let dir = tempfile::tempdir().unwrap();
     // node0's broker: accepts, reads nothing until told.
     let stall = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let stall_addr = stall.local_addr().unwrap();
-    let up1 = Upstream::start().await;
-    let ports = [free_port(), free_port()];
-    let admin = free_port();
-    let config = |i: usize, id: &str, upstream| {
-        NodeSpec {
-            node_id: id,
-            locks: dir.path(),
-            client_port: ports[i],
-            upstream,
-            check_period_ms: 500,
-            health: None,
-            extra: if i == 0 {
-                format!("zero-copy = {zero_copy}\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n")
-            } else {
-                format!("zero-copy = {zero_copy}\n")
-            },
-            zookeeper: Some(format!(
-                "connect-string = \"{cs}\"\nnamespace = \"lockgate-test\"\n{FAST}"
-            )),
-        }
-        .write(dir.path())
-    };
-    let c0 = config(0, "node0", stall_addr);
-    let c1 = config(1, "node1", up1.addr);
-    let mut node0 = Node::start("node0", &c0, dir.path()).await;
-    node0.wait_active().await;
-    let mut node1 = Node::start("node1", &c1, dir.path()).await;
-    node1.wait_standby("contending").await;
-
+    let mut p = Pair::zookeeper(&cs, FAST)
+        .upstream(0, stall.local_addr().unwrap())
+        .extra(&format!("zero-copy = {zero_copy}\n"))
+        .admin("")
+        .start()
+        .await;
     // A client pushes far more than the buffers hold through node0.
-    let mut client = try_connect(ports[0], BOUND).await.unwrap();
+    let mut client = try_connect(p.ports[0], BOUND).await.unwrap();
     let (mut broker, _) = tokio::time::timeout(BOUND, stall.accept())
         .await
         .unwrap()
@@ -530,19 +414,19 @@ async fn frozen_mid_write(zero_copy: bool) {
         .await
         .unwrap()
         .unwrap();
-    node0.signal(libc::SIGSTOP);
-    node1.wait_active().await;
+    p.nodes[0].signal(libc::SIGSTOP);
+    p.nodes[1].wait_active().await;
     // Drain what the kernel holds (written before the freeze): node0 is frozen, so once reads
     // stay dry for a while, nothing more is in flight.
     let before = drain(&mut broker, Duration::from_millis(300)).await;
-    node0.signal(libc::SIGCONT);
-    node0.wait_standby("lost:").await;
+    p.nodes[0].signal(libc::SIGCONT);
+    p.nodes[0].wait_standby("lost:").await;
     // What node0 wrote after the thaw, by its own count of bytes handed to the kernel (a
     // reset may discard bytes the broker has not read yet, so the broker's count alone could
     // miss them).
     let after = drain(&mut broker, Duration::from_millis(500)).await;
     pusher.abort();
-    let (code, scrape) = http(admin, "GET", "/metrics", &[]).await;
+    let (code, scrape) = http(p.admin[0], "GET", "/metrics", &[]).await;
     assert_eq!(code, 200, "{scrape}");
     let written = sample(
         &scrape,

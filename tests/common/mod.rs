@@ -1,6 +1,8 @@
 //! Real parts for the integration tests: lockgate child processes that report READY/STATUS on a
-//! notify socket the test owns, loopback echo upstreams that record every byte, a failover
-//! client, and a sampler that checks two nodes never serve at once.
+//! notify socket the test owns (every line timestamped on arrival), loopback echo upstreams that
+//! record every byte with its arrival time, a failover client, a `Pair` (or three) of nodes on
+//! one lock, and the never-two assertion: a sampler that probes both client ports, checked
+//! together with the nodes' own timestamped reports.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -25,6 +27,25 @@ pub mod zk;
 /// instead of hanging.
 pub const BOUND: Duration = Duration::from_secs(30);
 
+/// The pause between two polls of a condition that has no event to wait on.
+pub const POLL: Duration = Duration::from_millis(10);
+
+/// Polls `f` until it returns `Some`, failing after `bound` with "`what` within …".
+pub async fn eventually<T>(
+    bound: Duration,
+    what: &str,
+    mut f: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "not: {what} within {bound:?}");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// A port below 32768 (outside the ephemeral range) that is free right now.
 pub fn free_port() -> u16 {
     static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -40,10 +61,10 @@ pub fn free_port() -> u16 {
     panic!("no free port below 32768");
 }
 
-/// The bytes of one connection, shared with its task.
-type ConnLog = Arc<Mutex<Vec<u8>>>;
+/// One connection's chunks, each timestamped on arrival (one clock: this process's).
+type ConnLog = Arc<Mutex<Vec<(Instant, Vec<u8>)>>>;
 
-/// An echo "broker" on loopback that records every byte it receives, per connection.
+/// An echo "broker" on loopback that records every chunk it receives, per connection.
 pub struct Upstream {
     pub addr: SocketAddr,
     received: Arc<Mutex<Vec<ConnLog>>>,
@@ -66,7 +87,7 @@ impl Upstream {
         }
     }
 
-    /// Listens again on the same address after `stop_listening`.
+    /// Listens again on the same address after `stop_listening` or `kill`.
     pub async fn resume_listening(&mut self) {
         let listener = TcpListener::bind(self.addr).await.unwrap();
         self.accept = Self::serve(listener, self.received.clone(), self.conns.clone());
@@ -74,23 +95,25 @@ impl Upstream {
 
     fn serve(
         listener: TcpListener,
-        r: Arc<Mutex<Vec<ConnLog>>>,
-        c: Arc<Mutex<Vec<JoinHandle<()>>>>,
+        received: Arc<Mutex<Vec<ConnLog>>>,
+        conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
     ) -> JoinHandle<()> {
         tokio::spawn(async move {
             loop {
                 let Ok((mut s, _)) = listener.accept().await else {
                     continue;
                 };
-                let log = Arc::new(Mutex::new(Vec::new()));
-                r.lock().unwrap().push(log.clone());
-                c.lock().unwrap().push(tokio::spawn(async move {
+                let log = ConnLog::default();
+                received.lock().unwrap().push(log.clone());
+                conns.lock().unwrap().push(tokio::spawn(async move {
                     let mut buf = vec![0u8; 64 * 1024];
                     loop {
                         match s.read(&mut buf).await {
                             Ok(0) | Err(_) => break,
                             Ok(n) => {
-                                log.lock().unwrap().extend_from_slice(&buf[..n]);
+                                log.lock()
+                                    .unwrap()
+                                    .push((Instant::now(), buf[..n].to_vec()));
                                 if s.write_all(&buf[..n]).await.is_err() {
                                     return;
                                 }
@@ -108,25 +131,30 @@ impl Upstream {
         self.accept.abort();
     }
 
+    /// The broker dies: its listener closes and every connection drops.
+    pub fn kill(&self) {
+        self.accept.abort();
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
     /// Waits until a stopped upstream refuses connects (its task drops the listener a moment
     /// after `stop_listening`).
     pub async fn wait_refusing(&self) {
-        let deadline = Instant::now() + BOUND;
-        while TcpStream::connect(self.addr).await.is_ok() {
-            assert!(
-                Instant::now() < deadline,
-                "the upstream never stopped listening"
-            );
-            tokio::task::yield_now().await;
-        }
+        eventually(BOUND, "the upstream stops listening", async || {
+            TcpStream::connect(self.addr).await.is_err().then_some(())
+        })
+        .await;
     }
 
     /// Every connection's bytes, joined.
     pub fn received(&self) -> Vec<u8> {
-        let all = self.received.lock().unwrap();
         let mut out = Vec::new();
-        for c in all.iter() {
-            out.extend_from_slice(&c.lock().unwrap());
+        for c in self.received.lock().unwrap().iter() {
+            for (_, chunk) in c.lock().unwrap().iter() {
+                out.extend_from_slice(chunk);
+            }
             out.push(b'\n');
         }
         out
@@ -139,14 +167,28 @@ impl Upstream {
             .filter_map(|l| l.strip_prefix('m')?.parse().ok())
             .collect()
     }
+
+    /// (first chunk, last chunk, lines) of every connection that carried bytes.
+    pub fn intervals(&self) -> Vec<(Instant, Instant, Vec<String>)> {
+        let all = self.received.lock().unwrap();
+        all.iter()
+            .filter_map(|c| {
+                let c = c.lock().unwrap();
+                let (first, last) = (c.first()?.0, c.last()?.0);
+                let bytes: Vec<u8> = c.iter().flat_map(|(_, b)| b.iter().copied()).collect();
+                let lines = String::from_utf8_lossy(&bytes)
+                    .lines()
+                    .map(str::to_owned)
+                    .collect();
+                Some((first, last, lines))
+            })
+            .collect()
+    }
 }
 
 impl Drop for Upstream {
     fn drop(&mut self) {
-        self.accept.abort();
-        for c in self.conns.lock().unwrap().iter() {
-            c.abort();
-        }
+        self.kill();
     }
 }
 
@@ -163,6 +205,28 @@ pub struct NodeSpec<'a> {
     pub extra: String,
     /// Use ZooKeeper instead of the file lock: the coordinator's TOML keys after `type`.
     pub zookeeper: Option<String>,
+}
+
+impl Default for NodeSpec<'_> {
+    /// node0 on the file lock, check-period 500 ms, no health check; set at least the locks
+    /// folder, the client port and the upstream.
+    fn default() -> Self {
+        NodeSpec {
+            node_id: "node0",
+            locks: Path::new("locks"),
+            client_port: 0,
+            upstream: SocketAddr::from(([127, 0, 0, 1], 0)),
+            check_period_ms: 500,
+            health: None,
+            extra: String::new(),
+            zookeeper: None,
+        }
+    }
+}
+
+/// The coordinator keys of a ZooKeeper lock in the tests' namespace, after `type`.
+pub fn zk_keys(connect: &str, timing: &str) -> String {
+    format!("connect-string = \"{connect}\"\nnamespace = \"lockgate-test\"\n{timing}")
 }
 
 impl NodeSpec<'_> {
@@ -207,17 +271,27 @@ pub fn lockgate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_lockgate"))
 }
 
+/// A notify line, or a signal the test sent, and when: one clock for every node of a test, so
+/// "A stopped being active before B became active" compares instants, not arrival order.
+#[derive(Clone, Debug)]
+pub struct Note {
+    pub at: Instant,
+    pub line: String,
+}
+
 /// A lockgate child process. Killed when dropped; its log is printed if the test failed.
 pub struct Node {
     pub name: String,
     pub child: Child,
     pub pid: i32,
     log: PathBuf,
-    notes: mpsc::UnboundedReceiver<String>,
+    notes: mpsc::UnboundedReceiver<Note>,
     /// Lines received but not yet consumed by a wait (READY=1 is taken out of order).
-    backlog: std::collections::VecDeque<String>,
+    backlog: std::collections::VecDeque<Note>,
     /// Every notify line consumed so far.
     pub seen: Vec<String>,
+    /// Every notify line received (consumed or not) and every signal sent, timestamped.
+    history: Arc<Mutex<Vec<Note>>>,
     _reader: JoinHandle<()>,
 }
 
@@ -250,11 +324,19 @@ impl Node {
         let _ = std::fs::remove_file(&sock_path);
         let sock = UnixDatagram::bind(&sock_path).unwrap();
         let (tx, notes) = mpsc::unbounded_channel();
+        let history: Arc<Mutex<Vec<Note>>> = Arc::default();
+        let record = history.clone();
         let reader = tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             while let Ok(n) = sock.recv(&mut buf).await {
+                let at = Instant::now();
                 for line in String::from_utf8_lossy(&buf[..n]).lines() {
-                    if tx.send(line.to_owned()).is_err() {
+                    let note = Note {
+                        at,
+                        line: line.to_owned(),
+                    };
+                    record.lock().unwrap().push(note.clone());
+                    if tx.send(note).is_err() {
                         return;
                     }
                 }
@@ -284,19 +366,20 @@ impl Node {
             notes,
             backlog: Default::default(),
             seen: Vec::new(),
+            history,
             _reader: reader,
         };
         // Wait for READY=1 without consuming the lines before it: a STATUS line may come
         // first, and tests wait for those too.
         let deadline = tokio::time::Instant::now() + BOUND;
         loop {
-            if let Some(i) = node.backlog.iter().position(|l| l == "READY=1") {
+            if let Some(i) = node.backlog.iter().position(|n| n.line == "READY=1") {
                 node.backlog.remove(i);
                 node.seen.push("READY=1".to_owned());
                 break;
             }
             match tokio::time::timeout_at(deadline, node.notes.recv()).await {
-                Ok(Some(line)) => node.backlog.push_back(line),
+                Ok(Some(note)) => node.backlog.push_back(note),
                 _ => panic!("{name}: no READY=1 within {BOUND:?}\n{}", node.log_text()),
             }
         }
@@ -313,33 +396,33 @@ impl Node {
         bound: Duration,
         pred: impl Fn(&str) -> bool,
     ) -> String {
+        self.wait_timed_note(bound, pred).await.line
+    }
+
+    /// As `wait_note_within`, with the instant the line arrived.
+    pub async fn wait_timed_note(&mut self, bound: Duration, pred: impl Fn(&str) -> bool) -> Note {
         let deadline = tokio::time::Instant::now() + bound;
-        while let Some(line) = self.backlog.pop_front() {
-            self.seen.push(line.clone());
-            if pred(&line) {
-                return line;
-            }
-        }
         loop {
-            match tokio::time::timeout_at(deadline, self.notes.recv()).await {
-                Ok(Some(line)) => {
-                    self.seen.push(line.clone());
-                    if pred(&line) {
-                        return line;
+            let next = match self.backlog.pop_front() {
+                Some(note) => note,
+                None => match tokio::time::timeout_at(deadline, self.notes.recv()).await {
+                    Ok(Some(note)) => note,
+                    closed_or_late => {
+                        let why = match closed_or_late {
+                            Ok(_) => "the notify socket closed",
+                            Err(_) => "no matching notify line",
+                        };
+                        let (name, log) = (&self.name, self.log_text());
+                        panic!(
+                            "{name}: {why} within {bound:?}; seen {:?}\n{log}",
+                            self.seen
+                        )
                     }
-                }
-                Ok(None) => panic!(
-                    "{}: notify socket closed; seen {:?}\n{}",
-                    self.name,
-                    self.seen,
-                    self.log_text()
-                ),
-                Err(_) => panic!(
-                    "{}: no matching notify line within {bound:?}; seen {:?}\n{}",
-                    self.name,
-                    self.seen,
-                    self.log_text()
-                ),
+                },
+            };
+            self.seen.push(next.line.clone());
+            if pred(&next.line) {
+                return next;
             }
         }
     }
@@ -347,10 +430,15 @@ impl Node {
     /// Collects notify lines for `d`, matching nothing (to observe that nothing happens).
     pub async fn collect_for(&mut self, d: Duration) {
         let deadline = tokio::time::Instant::now() + d;
-        self.seen.extend(self.backlog.drain(..));
-        while let Ok(Some(line)) = tokio::time::timeout_at(deadline, self.notes.recv()).await {
-            self.seen.push(line);
+        self.seen.extend(self.backlog.drain(..).map(|n| n.line));
+        while let Ok(Some(note)) = tokio::time::timeout_at(deadline, self.notes.recv()).await {
+            self.seen.push(note.line);
         }
+    }
+
+    /// Every notify line received so far and every signal sent, in order, timestamped.
+    pub fn history(&self) -> Vec<Note> {
+        self.history.lock().unwrap().clone()
     }
 
     /// Waits (bounded) until this node's log contains `needle`; fails at once if it logs
@@ -372,7 +460,7 @@ impl Node {
                 self.name,
                 self.log_text()
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(POLL).await;
         }
     }
 
@@ -387,10 +475,16 @@ impl Node {
         self.wait_note(move |l| l.starts_with(&want)).await
     }
 
+    /// Sends `sig` (a `libc::SIG*` number) to the process; recorded in its history.
     pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        let rc = unsafe { libc::kill(self.pid, sig) };
-        assert_eq!(rc, 0, "kill({}, {sig}) failed", self.pid);
+        let pid = rustix::process::Pid::from_raw(self.pid).expect("a child's pid is positive");
+        let signal = rustix::process::Signal::from_named_raw(sig).expect("a named signal");
+        self.history.lock().unwrap().push(Note {
+            at: Instant::now(),
+            line: format!("{SIGNAL_SENT}{sig}"),
+        });
+        rustix::process::kill_process(pid, signal)
+            .unwrap_or_else(|e| panic!("kill({}, {sig}) failed: {e}", self.pid));
     }
 
     pub async fn wait_exit(&mut self) -> ExitStatus {
@@ -438,12 +532,16 @@ pub async fn http(port: u16, method: &str, path: &str, headers: &[&str]) -> (u16
         req += "\r\n";
     }
     req += "Content-Length: 0\r\n\r\n";
-    s.write_all(req.as_bytes()).await.unwrap();
+    http_exchange(&mut s, &req).await
+}
+
+/// Writes `request` on `s` and reads the response to its end: its status code (0 if it has
+/// none) and its body.
+pub async fn http_exchange(s: &mut TcpStream, request: &str) -> (u16, String) {
+    s.write_all(request.as_bytes()).await.unwrap();
     let mut out = Vec::new();
-    tokio::time::timeout(BOUND, s.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
+    let read = tokio::time::timeout(BOUND, s.read_to_end(&mut out)).await;
+    read.expect("no response within BOUND").unwrap();
     let text = String::from_utf8_lossy(&out).into_owned();
     let code = text
         .split(' ')
@@ -514,14 +612,71 @@ pub async fn serves(port: u16) -> bool {
 
 /// Waits until `port` serves.
 pub async fn wait_serving(port: u16) {
-    let deadline = Instant::now() + BOUND;
-    while !serves(port).await {
-        assert!(
-            Instant::now() < deadline,
-            "port {port} did not serve within {BOUND:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    wait_any_serving(&[port], BOUND).await;
+}
+
+/// The first of `ports` that serves now, if any.
+pub async fn serving(ports: &[u16]) -> Option<usize> {
+    for (i, p) in ports.iter().enumerate() {
+        if serves(*p).await {
+            return Some(i);
+        }
     }
+    None
+}
+
+/// Waits until one of `ports` serves; returns which.
+pub async fn wait_any_serving(ports: &[u16], bound: Duration) -> usize {
+    eventually(bound, &format!("one of {ports:?} serves"), async || {
+        serving(ports).await
+    })
+    .await
+}
+
+/// A connection through `port` that has carried one echoed message: the proxy forwards it.
+pub async fn live_connection(port: u16) -> TcpStream {
+    let mut live = try_connect(port, BOUND).await.unwrap();
+    live.write_all(b"m1\n").await.unwrap();
+    let mut buf = [0u8; 3];
+    live.read_exact(&mut buf).await.unwrap();
+    live
+}
+
+/// The node behind `port` fenced: `live` (a connection through it) is reset, and the port
+/// refuses new connects.
+pub async fn assert_fenced(live: &mut TcpStream, port: u16) {
+    let err = live
+        .read(&mut [0u8; 8])
+        .await
+        .expect_err("the live connection must be reset");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    assert!(
+        try_connect(port, Duration::from_secs(1)).await.is_none(),
+        "port {port} still listens"
+    );
+}
+
+/// `lockgate ARGS --config CONFIG`; returns its output, successful or not.
+pub async fn cli(args: &[&str], config: &Path) -> std::process::Output {
+    lockgate()
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .await
+        .unwrap()
+}
+
+/// As `cli`, asserting it succeeds; returns its stdout.
+pub async fn cli_ok(args: &[&str], config: &Path) -> String {
+    let out = cli(args, config).await;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "lockgate {args:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
 
 /// Probes two client ports in the pattern A, B, A: both A probes and the B probe serving
@@ -627,12 +782,14 @@ impl Sampler {
     }
 }
 
-/// A client with a failover list, like `failover:(tcp://a,tcp://b)`: sends `m<i>` lines and
-/// waits for each echo; on any failure moves to the next address and resends the message.
+/// A client with a failover list, like `failover:(tcp://a,tcp://b)`: sends a line and waits for
+/// its echo; on any failure moves to the next address and resends.
 pub struct FailoverClient {
     ports: Vec<u16>,
     current: usize,
     conn: Option<BufReader<TcpStream>>,
+    connect_timeout: Duration,
+    reply_timeout: Duration,
     pub reconnects: u32,
 }
 
@@ -642,48 +799,328 @@ impl FailoverClient {
             ports: ports.to_vec(),
             current: 0,
             conn: None,
+            connect_timeout: Duration::from_millis(500),
+            reply_timeout: Duration::from_secs(2),
             reconnects: 0,
         }
     }
 
-    /// Sends message `i` until it is acknowledged; returns the port that acknowledged it.
+    /// How long a connect and an echo may take before the client moves on.
+    pub fn timeouts(mut self, connect: Duration, reply: Duration) -> FailoverClient {
+        self.connect_timeout = connect;
+        self.reply_timeout = reply;
+        self
+    }
+
+    /// Sends `m<i>` until it is acknowledged; returns the port that acknowledged it.
     pub async fn send(&mut self, i: u32) -> u16 {
-        let deadline = Instant::now() + BOUND;
-        loop {
-            assert!(
-                Instant::now() < deadline,
-                "message {i} not acknowledged within {BOUND:?}"
-            );
-            if self.conn.is_none() {
-                let port = self.ports[self.current];
-                match try_connect(port, Duration::from_millis(500)).await {
-                    Some(s) => self.conn = Some(BufReader::new(s)),
-                    None => {
-                        self.current = (self.current + 1) % self.ports.len();
-                        self.reconnects += 1;
-                        // The failover transport's reconnect delay.
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
+        let msg = format!("m{i}");
+        eventually(BOUND, &format!("message {i} acknowledged"), async || {
+            self.try_send(&msg).await
+        })
+        .await
+    }
+
+    /// One attempt: connects if it must, sends `msg` and a newline, waits for the echo. The
+    /// port that acknowledged it, or `None` having moved to the next address.
+    pub async fn try_send(&mut self, msg: &str) -> Option<u16> {
+        let port = self.ports[self.current];
+        let conn = match self.conn.as_mut() {
+            Some(conn) => conn,
+            None => match try_connect(port, self.connect_timeout).await {
+                Some(s) => self.conn.insert(BufReader::new(s)),
+                None => {
+                    self.next();
+                    self.reconnects += 1;
+                    // The failover transport's reconnect delay.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    return None;
                 }
-            }
-            let Some(conn) = self.conn.as_mut() else {
-                continue;
-            };
-            let msg = format!("m{i}\n");
-            let ok = tokio::time::timeout(Duration::from_secs(2), async {
-                conn.get_mut().write_all(msg.as_bytes()).await?;
-                let mut line = String::new();
-                conn.read_line(&mut line).await?;
-                Ok::<bool, std::io::Error>(line == msg)
-            })
-            .await
-            .is_ok_and(|r| r.is_ok_and(|ok| ok));
-            if ok {
-                return self.ports[self.current];
-            }
-            self.conn = None;
-            self.current = (self.current + 1) % self.ports.len();
+            },
+        };
+        let msg = format!("{msg}\n");
+        let ok = tokio::time::timeout(self.reply_timeout, async {
+            conn.get_mut().write_all(msg.as_bytes()).await?;
+            let mut line = String::new();
+            conn.read_line(&mut line).await?;
+            Ok::<bool, std::io::Error>(line == msg)
+        })
+        .await
+        .is_ok_and(|r| r.is_ok_and(|ok| ok));
+        if ok {
+            return Some(port);
+        }
+        if let Some(c) = self.conn.take() {
+            abort(c.into_inner());
+        }
+        self.next();
+        None
+    }
+
+    fn next(&mut self) {
+        self.current = (self.current + 1) % self.ports.len();
+    }
+}
+
+/// Two (or more) nodes on one lock, each in front of its own echo upstream, in one temporary
+/// folder: node `i` is named `node<i>` and serves on `ports[i]`.
+pub struct Pair {
+    pub up: Vec<Upstream>,
+    pub ports: Vec<u16>,
+    /// The admin ports; empty unless the builder asked for `admin`.
+    pub admin: Vec<u16>,
+    pub configs: Vec<PathBuf>,
+    pub nodes: Vec<Node>,
+    // Last: the nodes' logs live here, and are printed when a test fails.
+    pub dir: tempfile::TempDir,
+}
+
+/// The ZooKeeper coordinator keys of node `i`.
+type ZkKeys = Box<dyn Fn(usize) -> String>;
+
+/// How a `Pair` is configured: see `Pair::file` and `Pair::zookeeper`.
+pub struct PairBuilder {
+    nodes: usize,
+    check_period_ms: u64,
+    health: Option<(u64, u32, u32)>,
+    extra: String,
+    admin: Option<String>,
+    zookeeper: Option<ZkKeys>,
+    upstreams: Vec<(usize, SocketAddr)>,
+}
+
+impl Pair {
+    /// Two nodes on the file lock in `<dir>/locks`, check-period 500 ms, no health check.
+    pub fn file() -> PairBuilder {
+        PairBuilder {
+            nodes: 2,
+            check_period_ms: 500,
+            health: None,
+            extra: String::new(),
+            admin: None,
+            zookeeper: None,
+            upstreams: Vec::new(),
         }
     }
+
+    /// As `file`, on ZooKeeper at `connect` with the `timing` keys, namespace `lockgate-test`.
+    pub fn zookeeper(connect: &str, timing: &str) -> PairBuilder {
+        let keys = zk_keys(connect, timing);
+        Pair::zookeeper_keys(move |_| keys.clone())
+    }
+
+    /// As `file`, on ZooKeeper: `keys(i)` are node i's coordinator keys after `type`.
+    pub fn zookeeper_keys(keys: impl Fn(usize) -> String + 'static) -> PairBuilder {
+        PairBuilder {
+            zookeeper: Some(Box::new(keys)),
+            ..Pair::file()
+        }
+    }
+
+    /// Starts node `i` (again) and waits for its READY=1.
+    pub async fn spawn(&self, i: usize) -> Node {
+        Node::start(&format!("node{i}"), &self.configs[i], self.dir.path()).await
+    }
+
+    /// A sampler on node0's and node1's ports that has seen node0 serve.
+    pub async fn sampler(&self) -> Sampler {
+        let mut sampler = Sampler::start(self.ports[0], self.ports[1]);
+        sampler.wait_for(|r| r.a_served > 0).await;
+        sampler
+    }
+
+    /// The shared lock file (of the file lock).
+    pub fn lock_file(&self) -> PathBuf {
+        self.dir.path().join("locks/mirror-cluster-clients")
+    }
+}
+
+impl PairBuilder {
+    pub fn nodes(mut self, n: usize) -> Self {
+        self.nodes = n;
+        self
+    }
+
+    pub fn check_period_ms(mut self, ms: u64) -> Self {
+        self.check_period_ms = ms;
+        self
+    }
+
+    /// Health-check each node's upstream: (interval-ms, rise, fall).
+    pub fn health(mut self, health: (u64, u32, u32)) -> Self {
+        self.health = Some(health);
+        self
+    }
+
+    /// TOML appended after the clients route (its keys, or more tables).
+    pub fn extra(mut self, toml: &str) -> Self {
+        self.extra += toml;
+        self
+    }
+
+    /// An admin endpoint on a free port per node, with `keys` in its table.
+    pub fn admin(mut self, keys: &str) -> Self {
+        self.admin = Some(keys.to_owned());
+        self
+    }
+
+    /// Node `i` forwards to `addr` instead of its echo upstream.
+    pub fn upstream(mut self, i: usize, addr: SocketAddr) -> Self {
+        self.upstreams.push((i, addr));
+        self
+    }
+
+    /// Writes the configs and starts the upstreams; starts no node.
+    pub async fn build(self) -> Pair {
+        let dir = tempfile::tempdir().unwrap();
+        let locks = dir.path().join("locks");
+        std::fs::create_dir(&locks).unwrap();
+        let mut up = Vec::new();
+        for _ in 0..self.nodes {
+            up.push(Upstream::start().await);
+        }
+        let ports: Vec<u16> = (0..self.nodes).map(|_| free_port()).collect();
+        let admin: Vec<u16> = match self.admin {
+            Some(_) => (0..self.nodes).map(|_| free_port()).collect(),
+            None => Vec::new(),
+        };
+        let configs = (0..self.nodes)
+            .map(|i| {
+                let mut extra = self.extra.clone();
+                if let Some(keys) = &self.admin {
+                    // A table after the arrays of tables is still a top-level table.
+                    extra += &format!("\n[admin]\nlisten = \"127.0.0.1:{}\"\n{keys}\n", admin[i]);
+                }
+                let upstream = self.upstreams.iter().rev().find(|(n, _)| *n == i);
+                NodeSpec {
+                    node_id: &format!("node{i}"),
+                    locks: &locks,
+                    client_port: ports[i],
+                    upstream: upstream.map_or(up[i].addr, |(_, a)| *a),
+                    check_period_ms: self.check_period_ms,
+                    health: self.health,
+                    extra,
+                    zookeeper: self.zookeeper.as_ref().map(|keys| keys(i)),
+                }
+                .write(dir.path())
+            })
+            .collect();
+        Pair {
+            up,
+            ports,
+            admin,
+            configs,
+            nodes: Vec::new(),
+            dir,
+        }
+    }
+
+    /// `build`, then node0 until it holds the lock, then the others until they contend.
+    pub async fn start(self) -> Pair {
+        let mut p = self.build().await;
+        for i in 0..p.configs.len() {
+            let mut node = p.spawn(i).await;
+            if i == 0 {
+                node.wait_active().await;
+            } else {
+                node.wait_standby("contending").await;
+            }
+            p.nodes.push(node);
+        }
+        p
+    }
+}
+
+/// How far two nodes' own reports of holding a lock may overlap without failing the never-two
+/// assertion: a holder says "standby (released: …)" just after it releases, so the peer may
+/// acquire, open and say "active" first; and each node's reader stamps a line when it runs.
+pub const REPORT_SLACK: Duration = Duration::from_millis(50);
+
+/// How a signal the test sent appears in a node's history.
+pub const SIGNAL_SENT: &str = "(test) sent signal ";
+
+/// The spans in which a node said it held a lock: (lock, from, until). A span ends at the
+/// node's next standby line for that lock, or at a SIGKILL or SIGSTOP the test sent it (a
+/// dead or frozen process serves nobody; a woken one says "lost" before it serves again);
+/// `None` while it still holds.
+pub fn active_spans(history: &[Note]) -> Vec<(String, Instant, Option<Instant>)> {
+    let mut spans: Vec<(String, Instant, Option<Instant>)> = Vec::new();
+    for note in history {
+        let stopped = [libc::SIGKILL, libc::SIGSTOP]
+            .iter()
+            .any(|s| note.line == format!("{SIGNAL_SENT}{s}"));
+        let status = note.line.strip_prefix("STATUS=lock ");
+        let Some((lock, state)) = status.and_then(|s| s.split_once(": ")) else {
+            if stopped {
+                for span in spans.iter_mut().filter(|s| s.2.is_none()) {
+                    span.2 = Some(note.at);
+                }
+            }
+            continue;
+        };
+        let open = spans.iter_mut().find(|s| s.0 == lock && s.2.is_none());
+        match (open, state.starts_with("active")) {
+            (None, true) => spans.push((lock.to_owned(), note.at, None)),
+            (Some(span), false) => span.2 = Some(note.at),
+            _ => {}
+        }
+    }
+    spans
+}
+
+/// Never two active, seen two ways: the sampler never found both ports serving at once, and
+/// the nodes' own timestamped reports of holding the lock never overlap (beyond
+/// `REPORT_SLACK`).
+pub fn assert_never_two(report: &SamplerReport, nodes: &[Node]) {
+    let mut problems = Vec::new();
+    if report.samples == 0 {
+        problems.push(format!("the sampler took no sample: {report:?}"));
+    }
+    if report.both > 0 {
+        problems.push(format!("both nodes served at once: {report:?}"));
+    }
+    let histories: Vec<Vec<Note>> = nodes.iter().map(Node::history).collect();
+    let spans: Vec<_> = histories.iter().map(|h| active_spans(h)).collect();
+    let now = Instant::now();
+    for (i, a) in spans.iter().enumerate() {
+        for (j, b) in spans.iter().enumerate().skip(i + 1) {
+            for ((lock, a0, a1), (_, b0, b1)) in a
+                .iter()
+                .flat_map(|x| b.iter().filter(move |y| y.0 == x.0).map(move |y| (x, y)))
+            {
+                let from = (*a0).max(*b0);
+                let until = a1.unwrap_or(now).min(b1.unwrap_or(now));
+                let overlap = until.saturating_duration_since(from);
+                if overlap > REPORT_SLACK {
+                    let (a, b) = (&nodes[i].name, &nodes[j].name);
+                    problems.push(format!(
+                        "{a} and {b} both said they held {lock} for {overlap:?}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "never two active:\n{}\nthe nodes' notify lines:\n{}",
+        problems.join("\n"),
+        timeline(nodes, &histories)
+    );
+}
+
+/// The nodes' histories merged, on one clock from the first line.
+fn timeline(nodes: &[Node], histories: &[Vec<Note>]) -> String {
+    let mut all: Vec<(Instant, &str, &str)> = nodes
+        .iter()
+        .zip(histories)
+        .flat_map(|(n, h)| {
+            h.iter()
+                .map(|note| (note.at, n.name.as_str(), note.line.as_str()))
+        })
+        .collect();
+    all.sort_by_key(|e| e.0);
+    let t0 = all.first().map_or_else(Instant::now, |e| e.0);
+    all.iter()
+        .map(|(at, name, line)| format!("{:>9.3?} {name}: {line}\n", at.duration_since(t0)))
+        .collect()
 }
