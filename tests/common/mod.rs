@@ -16,6 +16,8 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+pub mod commands;
+pub mod config_file;
 pub mod java;
 pub mod netns;
 pub mod skip;
