@@ -142,3 +142,12 @@ impl Toml {
         write_config(dir, name, &self.0)
     }
 }
+
+/// The value of environment variable `name` (a count, a number of runs), or `default` when it
+/// is unset or not a number.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
