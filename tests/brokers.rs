@@ -53,13 +53,13 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, Write};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::commands::lock_command;
-use common::config_file::{Toml, scratch};
+use common::config_file::scratch;
+use common::toml_text::{Toml, loopback};
 use common::*;
 use tokio::sync::watch;
 
@@ -362,7 +362,7 @@ fn node_config(
     broker: u16,
     mirror: Option<u16>,
 ) -> PathBuf {
-    let broker = SocketAddr::from(([127, 0, 0, 1], broker));
+    let broker = loopback(broker);
     let mut toml = Toml::node(id, "shutdown-grace-ms = 200\n")
         .admin(admin, "")
         .file_lock("clients-lock", "mqtt-clients", locks, 200)

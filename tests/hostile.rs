@@ -7,7 +7,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::commands::{cli_within, lock_command_for};
-use common::config_file::{Toml, file_spec, scratch, with_admin, with_admin_on};
+use common::config_file::{file_spec, scratch, with_admin, with_admin_on};
+use common::toml_text::Toml;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -176,33 +177,35 @@ async fn dead_clients_of_a_deaf_upstream_are_closed_by_the_route_timeouts() {
         c.kill().unwrap();
         c.wait().unwrap();
     }
-    let took = wait_until(
-        "the dead clients' connections were closed",
-        Duration::from_secs(10),
-        async || node.threads_and_fds().1 <= base_fds + 4,
-    )
-    .await;
-    eprintln!("{CLIENTS} dead clients' connections closed {took:?} after the kill");
-    let m = scrape(admin).await;
     // Normally the server is blamed (the clients were not expected to move while it did not
     // read); a connection whose last client bytes and FIN still fitted in the buffers is
     // idle on the client side instead. Either way each is closed and counted once.
-    let by = |reason: &str| {
+    let count = |m: &str, reason: &str| {
         value(
-            &m,
+            m,
             &format!(r#"lockgate_connections_timed_out_total{{route="deaf",reason="{reason}"}}"#),
         )
     };
+    let closed = |m: &str| count(m, "server_inactive") + count(m, "client_inactive");
+    // The descriptor bound leaves room for a connection still closing: wait for the count too.
+    let mut m = String::new();
+    let took = wait_until(
+        "the dead clients' connections were closed and counted",
+        Duration::from_secs(10),
+        async || {
+            m = scrape(admin).await;
+            node.threads_and_fds().1 <= base_fds + 4 && closed(&m) >= CLIENTS as f64
+        },
+    )
+    .await;
+    eprintln!("{CLIENTS} dead clients' connections closed {took:?} after the kill");
+    let by = |reason: &str| count(&m, reason);
     eprintln!(
         "closed: {} server_inactive, {} client_inactive",
         by("server_inactive"),
         by("client_inactive")
     );
-    assert_eq!(
-        by("server_inactive") + by("client_inactive"),
-        CLIENTS as f64,
-        "{m}"
-    );
+    assert_eq!(closed(&m), CLIENTS as f64, "{m}");
 
     // The heartbeating connection outlived three timeouts, then goes quiet and is closed.
     let mut s = heartbeat.await.unwrap();

@@ -21,6 +21,7 @@ pub mod config_file;
 pub mod java;
 pub mod netns;
 pub mod skip;
+pub mod toml_text;
 pub mod zk;
 
 /// The bound on every wait in these tests: generous, only there so a broken build fails
