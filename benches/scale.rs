@@ -12,7 +12,8 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use common::commands::{admin_post, cli, text};
-use common::config_file::{env_or, file_spec, scratch, with_admin, write_config};
+use common::config_file::{env_or, write_config};
+use common::solo::Solo;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -60,17 +61,12 @@ fn stats(mut ms: Vec<f64>) -> String {
 /// One node holding a gated route that carries `live` connections (each has done one echo);
 /// then a step-down: time until every client has seen its connection end.
 async fn gate_close(live: usize) -> (f64, f64) {
-    let (dir, locks) = scratch();
-    let up = Upstream::start().await;
-    let port = free_port();
-    let admin = free_port();
-    let spec = NodeSpec {
+    let solo = Solo::active("node0", "", |spec| NodeSpec {
         check_period_ms: 5000,
-        ..file_spec("node0", &locks, port, up.addr)
-    };
-    let config = with_admin(spec.write(dir.path()), admin, "");
-    let mut node = Node::start("node0", &config, dir.path()).await;
-    node.wait_active().await;
+        ..spec
+    })
+    .await;
+    let (node, port, admin) = (&solo.node, solo.port, solo.admin);
     let mut conns = Vec::with_capacity(live);
     for _ in 0..live {
         let mut s = try_connect(port, Duration::from_secs(5))

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::commands::{cli_within, lock_command_for};
 use common::config_file::{file_spec, scratch, with_admin, with_admin_on};
+use common::solo::Solo;
 use common::toml_text::Toml;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -253,7 +254,7 @@ fn prlimit_nofile(pid: i32, soft: u64, hard: u64) {
 /// local resource error that counts neither way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn descriptor_floods_do_not_move_the_lock() {
-    let Some(mut h) = LimitedHolder::start("max-connections = 8\n").await else {
+    let Some(mut h) = limited_holder("max-connections = 8\n").await else {
         return;
     };
     let (node, port, admin) = (&mut h.node, h.port, h.admin);
@@ -307,43 +308,21 @@ async fn descriptor_floods_do_not_move_the_lock() {
     );
 }
 
-/// A holder on the file lock, health-checking its upstream, with an admin endpoint (`admin_keys`
-/// in its table), serving, and limited to 64 descriptors (`prlimit`). `None` (the test is
-/// skipped) without `prlimit`.
-struct LimitedHolder {
-    node: Node,
-    port: u16,
-    admin: u16,
-    _up: Upstream,
-    // Last: the node's log lives here.
-    _dir: tempfile::TempDir,
-}
-
-impl LimitedHolder {
-    async fn start(admin_keys: &str) -> Option<LimitedHolder> {
-        if !have("prlimit", "util-linux") {
-            return None;
-        }
-        let (dir, locks) = scratch();
-        let up = Upstream::start().await;
-        let (admin, port) = (free_port(), free_port());
-        let spec = NodeSpec {
-            health: Some((100, 1, 2)),
-            ..file_spec("node", &locks, port, up.addr)
-        };
-        let config = with_admin(spec.write(dir.path()), admin, admin_keys);
-        let mut node = Node::start("node", &config, dir.path()).await;
-        node.wait_active().await;
-        wait_serving(port).await;
-        prlimit_nofile(node.pid, 64, 64);
-        Some(LimitedHolder {
-            node,
-            port,
-            admin,
-            _up: up,
-            _dir: dir,
-        })
+/// A holder health-checking its upstream, with an admin endpoint (`admin_keys` in its table),
+/// serving, and limited to 64 descriptors (`prlimit`). `None` (the test is skipped) without
+/// `prlimit`.
+async fn limited_holder(admin_keys: &str) -> Option<Solo> {
+    if !have("prlimit", "util-linux") {
+        return None;
     }
+    let h = Solo::active("node", admin_keys, |spec| NodeSpec {
+        health: Some((100, 1, 2)),
+        ..spec
+    })
+    .await;
+    wait_serving(h.port).await;
+    prlimit_nofile(h.node.pid, 64, 64);
+    Some(h)
 }
 
 /// Opens 200 idle connections to the admin endpoint (those refused at connect are left out),
@@ -410,13 +389,8 @@ async fn exchange(mut s: TcpStream, req: &str) -> Option<(u16, String)> {
 /// the hold-off to `Instant::now()`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absurd_step_down_durations_are_refused() {
-    let (dir, locks) = scratch();
-    let up = Upstream::start().await;
-    let (admin, port) = (free_port(), free_port());
-    let spec = file_spec("node", &locks, port, up.addr);
-    let config = with_admin(spec.write(dir.path()), admin, "");
-    let mut node = Node::start("node", &config, dir.path()).await;
-    node.wait_active().await;
+    let mut h = Solo::active("node", "", |spec| spec).await;
+    let (node, admin) = (&mut h.node, h.admin);
     for q in [
         "hold-off-ms=18446744073709551615",
         "drain-ms=18446744073709551615",
@@ -1060,7 +1034,7 @@ async fn a_reload_from_hung_storage_is_bounded() {
 /// endpoint, so 200 idle admin connections leave the gated route serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_endpoint_leaves_a_descriptor_reserve() {
-    let Some(mut h) = LimitedHolder::start("max-connections = 1024\n").await else {
+    let Some(mut h) = limited_holder("max-connections = 1024\n").await else {
         return;
     };
     let (node, port, admin) = (&mut h.node, h.port, h.admin);

@@ -13,23 +13,20 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::commands::admin_post;
-use common::config_file::{env_or, file_spec, scratch, with_admin};
+use common::config_file::env_or;
+use common::solo::Solo;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_connections_are_served_then_reset_on_lock_loss() {
     let n: usize = env_or("LOCKGATE_LOAD_CONNECTIONS", 9_000);
-    let (dir, locks) = scratch();
-    let up = Upstream::start().await;
-    let (port, admin) = (free_port(), free_port());
-    let spec = NodeSpec {
+    let mut solo = Solo::active("node0", "", |spec| NodeSpec {
         check_period_ms: 500,
-        ..file_spec("node0", &locks, port, up.addr)
-    };
-    let config = with_admin(spec.write(dir.path()), admin, "");
-    let mut node = Node::start("node0", &config, dir.path()).await;
-    node.wait_active().await;
+        ..spec
+    })
+    .await;
+    let (node, port, admin) = (&mut solo.node, solo.port, solo.admin);
     let idle = rss_kib(node.pid);
 
     // Open them all, each with its own message echoed back.

@@ -21,6 +21,7 @@ pub mod config_file;
 pub mod java;
 pub mod netns;
 pub mod skip;
+pub mod solo;
 pub mod toml_text;
 pub mod zk;
 
