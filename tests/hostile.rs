@@ -771,17 +771,9 @@ async fn a_reload_changing_a_locks_identity_is_loud() {
     assert!(serves(ports[0]).await && serves(ports[1]).await);
 }
 
-/// Whether `tool` runs here; without it a test is skipped with a note, except under CI.
+/// Whether `tool` is installed here; without it a test is skipped with a note, except under CI.
 fn have(tool: &str, package: &str) -> bool {
-    let ok = std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        common::skip::skipped(&format!("{tool} is missing (apt-get install -y {package})"));
-    }
-    ok
+    common::skip::tool(tool, package).is_some()
 }
 
 /// Runs a command, panicking with its stderr if it fails.
