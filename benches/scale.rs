@@ -11,6 +11,9 @@ mod common;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use common::commands::{admin_post, cli, text};
+use common::config_file::{env_or, write_config};
+use common::solo::Solo;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -41,9 +44,7 @@ fn many_routes(dir: &std::path::Path, upstream: std::net::SocketAddr) -> std::pa
             free_port()
         );
     }
-    let path = dir.join("routes.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    write_config(dir, "routes", &text)
 }
 
 fn stats(mut ms: Vec<f64>) -> String {
@@ -60,25 +61,12 @@ fn stats(mut ms: Vec<f64>) -> String {
 /// One node holding a gated route that carries `live` connections (each has done one echo);
 /// then a step-down: time until every client has seen its connection end.
 async fn gate_close(live: usize) -> (f64, f64) {
-    let dir = tempfile::tempdir().unwrap();
-    let locks = dir.path().join("locks");
-    std::fs::create_dir(&locks).unwrap();
-    let up = Upstream::start().await;
-    let port = free_port();
-    let admin = free_port();
-    let config = NodeSpec {
-        node_id: "node0",
-        locks: &locks,
-        client_port: port,
-        upstream: up.addr,
+    let solo = Solo::active("node0", "", |spec| NodeSpec {
         check_period_ms: 5000,
-        health: None,
-        extra: format!("\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"),
-        zookeeper: None,
-    }
-    .write(dir.path());
-    let mut node = Node::start("node0", &config, dir.path()).await;
-    node.wait_active().await;
+        ..spec
+    })
+    .await;
+    let (node, port, admin) = (&solo.node, solo.port, solo.admin);
     let mut conns = Vec::with_capacity(live);
     for _ in 0..live {
         let mut s = try_connect(port, Duration::from_secs(5))
@@ -89,14 +77,10 @@ async fn gate_close(live: usize) -> (f64, f64) {
         s.read_exact(&mut b).await.unwrap();
         conns.push(s);
     }
-    let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", node.pid))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .unwrap_or(f64::NAN);
+    let rss_kib = match rss_kib(node.pid) {
+        0 => f64::NAN,
+        kib => kib as f64,
+    };
     let mut ends = tokio::task::JoinSet::new();
     for mut s in conns {
         ends.spawn(async move {
@@ -106,14 +90,7 @@ async fn gate_close(live: usize) -> (f64, f64) {
         });
     }
     let t0 = Instant::now();
-    let (code, body) = http(
-        admin,
-        "POST",
-        "/locks/clients-lock/step-down?hold-off-ms=60000",
-        &[],
-    )
-    .await;
-    assert_eq!(code, 200, "{body}");
+    admin_post(admin, "/locks/clients-lock/step-down?hold-off-ms=60000").await;
     while ends.join_next().await.is_some() {}
     let took = t0.elapsed().as_secs_f64() * 1000.0;
     (took, rss_kib)
@@ -121,14 +98,8 @@ async fn gate_close(live: usize) -> (f64, f64) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let runs: usize = std::env::var("LOCKGATE_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
-    let live: usize = std::env::var("LOCKGATE_BENCH_LIVE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(9000);
+    let runs: usize = env_or("LOCKGATE_BENCH_RUNS", 5);
+    let live: usize = env_or("LOCKGATE_BENCH_LIVE", 9000);
     raise_nofile(live as u64 * 4 + 4096);
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -137,19 +108,9 @@ async fn main() {
     let mut check = Vec::new();
     for _ in 0..runs {
         let t = Instant::now();
-        let out = lockgate()
-            .arg("check")
-            .arg("--config")
-            .arg(&config)
-            .output()
-            .await
-            .unwrap();
+        let out = cli(&["check"], &config).await;
         check.push(t.elapsed().as_secs_f64() * 1000.0);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", text(&out));
     }
     println!("lockgate check, {ROUTES} routes:        {}", stats(check));
 

@@ -13,6 +13,8 @@ mod common;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use common::commands::admin_post;
+use common::config_file::{env_or, file_spec, scratch, with_admin};
 use common::*;
 
 /// ZooKeeper timing for the bench: S = 2000 ms (the test server allows 1000..60000),
@@ -88,21 +90,14 @@ impl Case {
 /// One run: a fresh pair, node0 active, node1 standing by; inject the fault; time until
 /// node1's client port accepts.
 async fn run_once(case: &Case, run: usize) -> Duration {
-    let dir = tempfile::tempdir().unwrap();
-    let locks = dir.path().join("locks");
-    std::fs::create_dir(&locks).unwrap();
+    let (dir, locks) = scratch();
     let up = [Upstream::start().await, Upstream::start().await];
     let ports = [free_port(), free_port()];
     let admin = [free_port(), free_port()];
     let config = |i: usize, id| {
-        NodeSpec {
-            node_id: id,
-            locks: &locks,
-            client_port: ports[i],
-            upstream: up[i].addr,
+        let spec = NodeSpec {
             check_period_ms: case.check_period_ms,
             health: case.health,
-            extra: format!("\n[admin]\nlisten = \"127.0.0.1:{}\"\n", admin[i]),
             // A namespace per run: a killed holder's node outlives its run until it expires.
             zookeeper: case.zookeeper.as_ref().map(|cs| {
                 format!(
@@ -110,8 +105,9 @@ async fn run_once(case: &Case, run: usize) -> Duration {
                     std::process::id()
                 )
             }),
-        }
-        .write(dir.path())
+            ..file_spec(id, &locks, ports[i], up[i].addr)
+        };
+        with_admin(spec.write(dir.path()), admin[i], "")
     };
     let (c0, c1) = (config(0, "node0"), config(1, "node1"));
     let mut node0 = Node::start("node0", &c0, dir.path()).await;
@@ -121,11 +117,7 @@ async fn run_once(case: &Case, run: usize) -> Duration {
     node1.wait_standby("contending").await;
     if case.zookeeper.is_some() {
         // ... and its contender node exists (its log says so).
-        let deadline = Instant::now() + BOUND;
-        while !node1.log_text().contains("contending for the lock") {
-            assert!(Instant::now() < deadline, "node1 never created its node");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        node1.wait_log("contending for the lock", None).await;
     }
     let mut fault = Instant::now();
     match case.fault {
@@ -142,14 +134,7 @@ async fn run_once(case: &Case, run: usize) -> Duration {
             }
         }
         Fault::StepDown => {
-            let (code, body) = http(
-                admin[0],
-                "POST",
-                "/locks/clients-lock/step-down?hold-off-ms=60000",
-                &[],
-            )
-            .await;
-            assert_eq!(code, 200, "{body}");
+            admin_post(admin[0], "/locks/clients-lock/step-down?hold-off-ms=60000").await;
         }
     }
     let deadline = fault + BOUND;
@@ -171,10 +156,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let runs: usize = std::env::var("LOCKGATE_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
+    let runs: usize = env_or("LOCKGATE_BENCH_RUNS", 50);
     let file = |fault, check_period_ms, health| Case {
         zookeeper: None,
         fault,

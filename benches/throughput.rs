@@ -189,29 +189,34 @@ fn child_server(role: &str) -> (Proxy, SocketAddr) {
     (Proxy { child, pid }, addr)
 }
 
-fn iperf3_version() -> Option<String> {
-    let out = Command::new("iperf3").arg("--version").output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
+/// The first line a tool prints for `arg` (its version) on stdout, or on stderr with
+/// `on_stderr`; `None` if it does not run.
+fn first_line(tool: &str, arg: &str, on_stderr: bool) -> Option<String> {
+    let out = Command::new(tool).arg(arg).output().ok()?;
+    let text = String::from_utf8_lossy(if on_stderr { &out.stderr } else { &out.stdout });
     text.lines().next().map(|l| l.trim().to_owned())
+}
+
+fn iperf3_version() -> Option<String> {
+    first_line("iperf3", "--version", false)
 }
 
 fn start_iperf3_server() -> (Proxy, SocketAddr) {
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let mut child = Command::new("iperf3")
-        .args(["-s", "-B", "127.0.0.1", "-p"])
-        .arg(addr.port().to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_listening(&[addr], &mut child, "iperf3 -s");
-    let pid = child.id();
-    (Proxy { child, pid }, addr)
+    let mut cmd = Command::new("iperf3");
+    cmd.args(["-s", "-B", "127.0.0.1", "-p"])
+        .arg(addr.port().to_string());
+    let proxy = Proxy::spawn(&mut cmd, Stdio::null(), &[addr], "iperf3 -s");
+    (proxy, addr)
 }
 
-/// The connection-rate server, run as a child process of the bench: 1 B echo, then close.
-fn conn_server() {
+/// Serves `listener()` in this process on a runtime of its own (a child process of the bench,
+/// which prints its address first), with `handle` for each connection, on a task of its own.
+fn serve_child<F, Fut>(handle: F)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -222,45 +227,34 @@ fn conn_server() {
         println!("{}", l.local_addr().unwrap());
         let l = tokio::net::TcpListener::from_std(l).unwrap();
         loop {
-            let Ok((mut s, _)) = l.accept().await else {
+            let Ok((s, _)) = l.accept().await else {
                 continue;
             };
-            tokio::spawn(async move {
-                let _ = s.set_nodelay(true);
-                let mut b = [0u8; 1];
-                if s.read_exact(&mut b).await.is_ok() {
-                    let _ = s.write_all(&b).await;
-                }
-                // Closing first: the TIME_WAIT stays here, not on the client's ports.
-            });
+            let _ = s.set_nodelay(true);
+            tokio::spawn(handle(s));
         }
+    });
+}
+
+/// The connection-rate server, run as a child process of the bench: 1 B echo, then close.
+fn conn_server() {
+    serve_child(|mut s| async move {
+        let mut b = [0u8; 1];
+        if s.read_exact(&mut b).await.is_ok() {
+            let _ = s.write_all(&b).await;
+        }
+        // Closing first: the TIME_WAIT stays here, not on the client's ports.
     });
 }
 
 /// The idle-connection echo server, run as a child process of the bench.
 fn idle_server() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let l = listener();
-        l.set_nonblocking(true).unwrap();
-        println!("{}", l.local_addr().unwrap());
-        let l = tokio::net::TcpListener::from_std(l).unwrap();
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let _ = s.set_nodelay(true);
-                let mut b = [0u8; 16];
-                while let Ok(n) = s.read(&mut b).await {
-                    if n == 0 || s.write_all(&b[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            });
+    serve_child(|mut s| async move {
+        let mut b = [0u8; 16];
+        while let Ok(n) = s.read(&mut b).await {
+            if n == 0 || s.write_all(&b[..n]).await.is_err() {
+                break;
+            }
         }
     });
 }
@@ -271,6 +265,27 @@ fn idle_server() {
 struct Proxy {
     child: Child,
     pid: u32,
+}
+
+impl Proxy {
+    /// Spawns `cmd` (stdin and stdout to /dev/null, stderr to `stderr`) and waits until it
+    /// listens on every one of `addrs`.
+    fn spawn(
+        cmd: &mut Command,
+        stderr: impl Into<Stdio>,
+        addrs: &[SocketAddr],
+        what: &str,
+    ) -> Proxy {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        wait_listening(addrs, &mut child, what);
+        let pid = child.id();
+        Proxy { child, pid }
+    }
 }
 
 impl Drop for Proxy {
@@ -329,25 +344,21 @@ fn start_lockgate(dir: &Path, up: &Ports, with_copy: bool) -> (Proxy, Ports, Por
     }
     let config = dir.join("lockgate.toml");
     std::fs::write(&config, text).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lockgate"))
-        .args(["run", "--config"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lockgate"));
+    cmd.args(["run", "--config"])
         .arg(&config)
         .env("RUST_LOG", "warn")
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("lockgate.log")).unwrap())
-        .spawn()
-        .unwrap();
-    wait_listening(&splice, &mut child, "lockgate");
-    let pid = child.id();
-    (Proxy { child, pid }, splice, copy)
+        .env_remove("NOTIFY_SOCKET");
+    let log = std::fs::File::create(dir.join("lockgate.log")).unwrap();
+    (
+        Proxy::spawn(&mut cmd, log, &splice, "lockgate"),
+        splice,
+        copy,
+    )
 }
 
 fn haproxy_version() -> Option<String> {
-    let out = Command::new("haproxy").arg("-v").output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines().next().map(|l| l.trim().to_owned())
+    first_line("haproxy", "-v", false)
 }
 
 fn start_haproxy(dir: &Path, up: &Ports, cores: usize, maxconn: usize) -> (Proxy, Ports) {
@@ -364,23 +375,14 @@ fn start_haproxy(dir: &Path, up: &Ports, cores: usize, maxconn: usize) -> (Proxy
     }
     let config = dir.join("haproxy.cfg");
     std::fs::write(&config, text).unwrap();
-    let mut child = Command::new("haproxy")
-        .args(["-db", "-f"])
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("haproxy.log")).unwrap())
-        .spawn()
-        .unwrap();
-    wait_listening(&front, &mut child, "haproxy");
-    let pid = child.id();
-    (Proxy { child, pid }, front)
+    let mut cmd = Command::new("haproxy");
+    cmd.args(["-db", "-f"]).arg(&config);
+    let log = std::fs::File::create(dir.join("haproxy.log")).unwrap();
+    (Proxy::spawn(&mut cmd, log, &front, "haproxy"), front)
 }
 
 fn nginx_version() -> Option<String> {
-    let out = Command::new("nginx").arg("-v").output().ok()?;
-    let text = String::from_utf8_lossy(&out.stderr);
-    let v = text.lines().next()?.trim().to_owned();
+    let v = first_line("nginx", "-v", true)?;
     // The stream module is a package of its own.
     Path::new(NGINX_STREAM).exists().then_some(v)
 }
@@ -405,21 +407,15 @@ fn start_nginx(dir: &Path, up: &Ports, maxconn: usize) -> (Proxy, Ports) {
     text.push_str("}\n");
     let config = ndir.join("nginx.conf");
     std::fs::write(&config, text).unwrap();
-    let mut child = Command::new("nginx")
-        .arg("-e")
+    let mut cmd = Command::new("nginx");
+    cmd.arg("-e")
         .arg(ndir.join("error.log"))
         .arg("-p")
         .arg(&ndir)
         .arg("-c")
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(ndir.join("stderr.log")).unwrap())
-        .spawn()
-        .unwrap();
-    wait_listening(&front, &mut child, "nginx");
-    let pid = child.id();
-    (Proxy { child, pid }, front)
+        .arg(&config);
+    let log = std::fs::File::create(ndir.join("stderr.log")).unwrap();
+    (Proxy::spawn(&mut cmd, log, &front, "nginx"), front)
 }
 
 /// A process and its children (nginx's workers), as pids.

@@ -8,32 +8,54 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::commands::lock_command;
+use common::config_file::{file_spec, scratch};
 use common::java::{self, Jvm};
 use common::zk;
 use common::*;
 
-fn lock_holder_classes(dir: &Path) -> String {
-    let classes = dir.join("classes");
-    std::fs::create_dir_all(&classes).unwrap();
-    java::compile(&classes, "LockHolder", ".")
-        .display()
-        .to_string()
+/// The `LockHolder` cases' start: a scratch folder with a locks folder, the path of the lock
+/// file lockgate's node (lock-id `mirror-cluster-clients`) uses there, and `LockHolder`
+/// compiled. `None` (skipped) without a JDK.
+struct LockHolderCase {
+    locks: PathBuf,
+    lock_file: String,
+    classes: String,
+    dir: tempfile::TempDir,
 }
 
-/// One node on the file lock in `locks`, fronting an echo upstream.
-fn file_node_spec<'a>(locks: &'a Path, port: u16, up: &Upstream) -> NodeSpec<'a> {
-    NodeSpec {
-        node_id: "node0",
-        locks,
-        client_port: port,
-        upstream: up.addr,
-        check_period_ms: 1000,
-        health: None,
-        extra: String::new(),
-        zookeeper: None,
+impl LockHolderCase {
+    fn begin() -> Option<LockHolderCase> {
+        if !java::jdk_available() {
+            return None;
+        }
+        let (dir, locks) = scratch();
+        let lock_file = locks.join("mirror-cluster-clients").display().to_string();
+        let classes = dir.path().join("classes");
+        std::fs::create_dir_all(&classes).unwrap();
+        let classes = java::compile(&classes, "LockHolder", ".")
+            .display()
+            .to_string();
+        Some(LockHolderCase {
+            locks,
+            lock_file,
+            classes,
+            dir,
+        })
+    }
+
+    /// `LockHolder <args>` in a JVM of its own.
+    fn java(&self, name: &str, args: &[&str]) -> Jvm {
+        Jvm::java(name, &self.classes, "LockHolder", args, self.dir.path())
+    }
+
+    /// A lockgate node on the file lock, fronting an echo upstream on `port`.
+    async fn node(&self, port: u16, up: &Upstream) -> Node {
+        let cfg = file_spec("node0", &self.locks, port, up.addr).write(self.dir.path());
+        Node::start("node0", &cfg, self.dir.path()).await
     }
 }
 
@@ -42,27 +64,15 @@ fn file_node_spec<'a>(locks: &'a Path, port: u16, up: &Upstream) -> NodeSpec<'a>
 /// releases, lockgate takes the lock and serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jvm_holding_the_lock_file_keeps_lockgate_standing_by() {
-    if !java::jdk_available() {
+    let Some(case) = LockHolderCase::begin() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let locks = dir.path().join("locks");
-    std::fs::create_dir(&locks).unwrap();
-    let lock_file = locks.join("mirror-cluster-clients");
-    let classes = lock_holder_classes(dir.path());
-    let mut holder = Jvm::java(
-        "java-lock-holder",
-        &classes,
-        "LockHolder",
-        &["hold", &lock_file.display().to_string()],
-        dir.path(),
-    );
+    };
+    let mut holder = case.java("java-lock-holder", &["hold", &case.lock_file]);
     holder.wait_line("LOCKED").await;
 
     let up = Upstream::start().await;
     let port = free_port();
-    let cfg = file_node_spec(&locks, port, &up).write(dir.path());
-    let mut node = Node::start("node0", &cfg, dir.path()).await;
+    let mut node = case.node(port, &up).await;
     // The node is blocked on the JVM's fcntl lock, and serves nothing meanwhile.
     node.wait_log(
         "locked with fcntl by another process",
@@ -97,40 +107,22 @@ async fn a_jvm_holding_the_lock_file_keeps_lockgate_standing_by() {
 /// null (another process holds it); after lockgate stops, it gets the lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lockgate_holding_the_lock_file_excludes_a_jvm() {
-    if !java::jdk_available() {
+    let Some(case) = LockHolderCase::begin() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let locks = dir.path().join("locks");
-    std::fs::create_dir(&locks).unwrap();
-    let lock_file = locks.join("mirror-cluster-clients").display().to_string();
-    let classes = lock_holder_classes(dir.path());
+    };
     let up = Upstream::start().await;
     let port = free_port();
-    let cfg = file_node_spec(&locks, port, &up).write(dir.path());
-    let mut node = Node::start("node0", &cfg, dir.path()).await;
+    let mut node = case.node(port, &up).await;
     node.wait_active().await;
     wait_serving(port).await;
 
-    let mut try1 = Jvm::java(
-        "java-try",
-        &classes,
-        "LockHolder",
-        &["try", &lock_file],
-        dir.path(),
-    );
+    let mut try1 = case.java("java-try", &["try", &case.lock_file]);
     let answer = try1.wait_line("TRY").await;
     assert_eq!(answer, "TRY null", "a JVM locked the file lockgate holds");
 
     node.signal(libc::SIGTERM);
     assert!(node.wait_exit().await.success());
-    let mut try2 = Jvm::java(
-        "java-try",
-        &classes,
-        "LockHolder",
-        &["try", &lock_file],
-        dir.path(),
-    );
+    let mut try2 = case.java("java-try", &["try", &case.lock_file]);
     assert_eq!(try2.wait_line("TRY").await, "TRY locked");
 }
 
@@ -186,17 +178,6 @@ fn example_file(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap()
 }
 
-/// `artemis create` of an instance under `dir`, with the example's broker.xml for `server`.
-async fn create_instance(
-    home: &Path,
-    dir: &Path,
-    server: &str,
-    ports: &Ports,
-) -> std::path::PathBuf {
-    let xml = ports.substitute(&example_file(&format!("{server}-broker.xml")));
-    create_instance_with(home, dir, server, &xml).await
-}
-
 /// `artemis create` of an instance under `dir`, with `xml` as its broker.xml.
 async fn create_instance_with(
     home: &Path,
@@ -244,6 +225,74 @@ async fn start_broker(instance: &Path, server: &str, dir: &Path) -> Jvm {
     jvm
 }
 
+/// The broker cases' start, one case at a time (`SERIAL`): a scratch folder with a locks
+/// folder, `MirrorClient` compiled against the Qpid JMS client, and the test ports.
+struct BrokerCase {
+    art: &'static java::Artifacts,
+    ports: Ports,
+    locks: PathBuf,
+    /// The client's classpath: `MirrorClient` and the Qpid JMS client.
+    classpath: String,
+    dir: tempfile::TempDir,
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl BrokerCase {
+    async fn begin(art: &'static java::Artifacts) -> BrokerCase {
+        let serial = SERIAL.lock().await;
+        let (dir, locks) = scratch();
+        let classes = dir.path().join("classes");
+        std::fs::create_dir(&classes).unwrap();
+        java::compile(&classes, "MirrorClient", &art.qpid_classpath);
+        BrokerCase {
+            art,
+            ports: Ports::new(),
+            locks,
+            classpath: format!("{}:{}", classes.display(), art.qpid_classpath),
+            dir,
+            _serial: serial,
+        }
+    }
+
+    /// The example's broker.xml for server `i`, on the test ports.
+    fn example_xml(&self, i: usize) -> String {
+        self.ports
+            .substitute(&example_file(&format!("server{i}-broker.xml")))
+    }
+
+    /// server0 and server1, `artemis create`d with these broker.xml texts, started.
+    async fn brokers(&self, xml: [String; 2]) -> (Jvm, Jvm) {
+        let (home, dir) = (&self.art.artemis_home, self.dir.path());
+        let (i0, i1) = tokio::join!(
+            create_instance_with(home, dir, "server0", &xml[0]),
+            create_instance_with(home, dir, "server1", &xml[1]),
+        );
+        tokio::join!(
+            start_broker(&i0, "server0", dir),
+            start_broker(&i1, "server1", dir),
+        )
+    }
+
+    /// A `MirrorClient` on `url`.
+    fn client(&self, name: &str, url: &str) -> Jvm {
+        Jvm::java(
+            name,
+            &self.classpath,
+            "MirrorClient",
+            &[url],
+            self.dir.path(),
+        )
+    }
+
+    /// The failover URL over both client ports.
+    fn failover_url(&self) -> String {
+        let (p0, p1) = (self.ports.get(61616), self.ports.get(61617));
+        format!(
+            "failover:(amqp://127.0.0.1:{p0},amqp://127.0.0.1:{p1})?failover.maxReconnectAttempts=-1"
+        )
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Backend {
     File,
@@ -286,29 +335,18 @@ async fn example_flow(backend: Backend, kill: Kill) {
     if matches!(backend, Backend::ZooKeeper) && !zk::available() {
         return;
     }
-    let _serial = SERIAL.lock().await;
+    let case = BrokerCase::begin(art).await;
+    let (ports, locks, dir) = (&case.ports, &case.locks, &case.dir);
     let ensemble = match backend {
         Backend::ZooKeeper => Some(zk::Ensemble::start(3).await),
         Backend::File => None,
     };
-    let dir = tempfile::tempdir().unwrap();
-    let locks = dir.path().join("locks");
-    std::fs::create_dir(&locks).unwrap();
-    let classes = dir.path().join("classes");
-    std::fs::create_dir(&classes).unwrap();
-    java::compile(&classes, "MirrorClient", &art.qpid_classpath);
-    let ports = Ports::new();
-    let (i0, i1) = tokio::join!(
-        create_instance(&art.artemis_home, dir.path(), "server0", &ports),
-        create_instance(&art.artemis_home, dir.path(), "server1", &ports),
-    );
-    let (mut broker0, _broker1) = tokio::join!(
-        start_broker(&i0, "server0", dir.path()),
-        start_broker(&i1, "server1", dir.path()),
-    );
+    let (mut broker0, _broker1) = case
+        .brokers([case.example_xml(0), case.example_xml(1)])
+        .await;
     let cs = ensemble.as_ref().map(|e| e.connect_string());
-    let c0 = lockgate_config("server0", &ports, &locks, cs.as_deref(), dir.path());
-    let c1 = lockgate_config("server1", &ports, &locks, cs.as_deref(), dir.path());
+    let c0 = lockgate_config("server0", ports, locks, cs.as_deref(), dir.path());
+    let c1 = lockgate_config("server1", ports, locks, cs.as_deref(), dir.path());
     let mut node0 = Node::start("lockgate0", &c0, dir.path()).await;
     node0.wait_active().await;
     let mut node1 = Node::start("lockgate1", &c1, dir.path()).await;
@@ -322,11 +360,7 @@ async fn example_flow(backend: Backend, kill: Kill) {
     let mut sampler = Sampler::connect_only(p0, p1, Duration::from_millis(20));
     sampler.wait_for(|r| r.a_served > 0).await;
 
-    let url = format!(
-        "failover:(amqp://127.0.0.1:{p0},amqp://127.0.0.1:{p1})?failover.maxReconnectAttempts=-1"
-    );
-    let cp = format!("{}:{}", classes.display(), art.qpid_classpath);
-    let mut client = Jvm::java("client", &cp, "MirrorClient", &[&url], dir.path());
+    let mut client = case.client("client", &case.failover_url());
     let connected = client.wait_line("CONNECTED").await;
     assert!(connected.ends_with(&format!(":{p0}")), "{connected}");
     client.send_line(&format!("send orders m {MESSAGES}")).await;
@@ -398,40 +432,21 @@ async fn example_flow(backend: Backend, kill: Kill) {
     drop(node1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn file_lock_broker_killed_all_30_consumed_from_server1() {
-    example_flow(Backend::File, Kill::Broker).await;
+/// One test per backend and kill: `example_flow` with them.
+macro_rules! example_flow_tests {
+    ($($name:ident: $backend:ident, $kill:ident;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            example_flow(Backend::$backend, Kill::$kill).await;
+        }
+    )*};
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn file_lock_host_killed_all_30_consumed_from_server1() {
-    example_flow(Backend::File, Kill::BrokerAndLockgate).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn zookeeper_broker_killed_all_30_consumed_from_server1() {
-    example_flow(Backend::ZooKeeper, Kill::Broker).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn zookeeper_host_killed_all_30_consumed_from_server1() {
-    example_flow(Backend::ZooKeeper, Kill::BrokerAndLockgate).await;
-}
-
-/// `lockgate step-down` / `lockgate resume` for `clients-lock`, through the node's admin endpoint.
-async fn lock_command(config: &Path, args: &[&str]) {
-    let out = lockgate()
-        .args(args)
-        .args(["--lock", "clients-lock", "--config"])
-        .arg(config)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "lockgate {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+example_flow_tests! {
+    file_lock_broker_killed_all_30_consumed_from_server1: File, Broker;
+    file_lock_host_killed_all_30_consumed_from_server1: File, BrokerAndLockgate;
+    zookeeper_broker_killed_all_30_consumed_from_server1: ZooKeeper, Broker;
+    zookeeper_host_killed_all_30_consumed_from_server1: ZooKeeper, BrokerAndLockgate;
 }
 
 /// The messages of a client's `GOT` lines since `from` (an index into `seen`): (texts, ports).
@@ -458,22 +473,15 @@ async fn gated_outbound_mirror_pauses_while_standby_and_resumes() {
     let Some(art) = java::artifacts() else {
         return;
     };
-    let _serial = SERIAL.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let locks = dir.path().join("locks");
-    std::fs::create_dir(&locks).unwrap();
-    let classes = dir.path().join("classes");
-    std::fs::create_dir(&classes).unwrap();
-    java::compile(&classes, "MirrorClient", &art.qpid_classpath);
-    let ports = Ports::new();
+    let case = BrokerCase::begin(art).await;
+    let (ports, locks, dir) = (&case.ports, &case.locks, &case.dir);
     // Per node: admin port, and the gated egress route its broker's mirror goes out through.
     let (admin, egress) = ([free_port(), free_port()], [free_port(), free_port()]);
     let open_route = [ports.get(61001), ports.get(61002)];
-    let mut xml = Vec::new();
-    for i in 0..2 {
+    let xml = [0, 1].map(|i| {
         let peer_open = open_route[1 - i];
-        let text = ports
-            .substitute(&example_file(&format!("server{i}-broker.xml")))
+        let text = case
+            .example_xml(i)
             .replace(
                 &format!("uri=\"tcp://127.0.0.1:{peer_open}\""),
                 &format!("uri=\"tcp://127.0.0.1:{}\"", egress[i]),
@@ -485,19 +493,12 @@ async fn gated_outbound_mirror_pauses_while_standby_and_resumes() {
                 "   <address name=\"paused\"><anycast><queue name=\"paused\"/></anycast></address>\n      </addresses>",
             );
         assert!(text.contains(&format!(":{}\"", egress[i])), "{text}");
-        xml.push(text);
-    }
-    let (i0, i1) = tokio::join!(
-        create_instance_with(&art.artemis_home, dir.path(), "server0", &xml[0]),
-        create_instance_with(&art.artemis_home, dir.path(), "server1", &xml[1]),
-    );
-    let (_broker0, _broker1) = tokio::join!(
-        start_broker(&i0, "server0", dir.path()),
-        start_broker(&i1, "server1", dir.path()),
-    );
+        text
+    });
+    let (_broker0, _broker1) = case.brokers(xml).await;
     let mut cfgs = Vec::new();
     for i in 0..2 {
-        let base = lockgate_config(&format!("server{i}"), &ports, &locks, None, dir.path());
+        let base = lockgate_config(&format!("server{i}"), ports, locks, None, dir.path());
         let mut text = std::fs::read_to_string(&base).unwrap();
         // The egress route before the client route: opened first, closed last.
         let clients = "[[route]]\nname = \"clients\"";
@@ -522,11 +523,7 @@ async fn gated_outbound_mirror_pauses_while_standby_and_resumes() {
         .await;
 
     let (p0, p1) = (ports.get(61616), ports.get(61617));
-    let url = format!(
-        "failover:(amqp://127.0.0.1:{p0},amqp://127.0.0.1:{p1})?failover.maxReconnectAttempts=-1"
-    );
-    let cp = format!("{}:{}", classes.display(), art.qpid_classpath);
-    let mut client = Jvm::java("client", &cp, "MirrorClient", &[&url], dir.path());
+    let mut client = case.client("client", &case.failover_url());
     client.wait_line("CONNECTED").await;
     client.send_line("send orders m 10").await;
     let sent = client.wait_line("SENT").await;
@@ -539,7 +536,7 @@ async fn gated_outbound_mirror_pauses_while_standby_and_resumes() {
 
     // Straight into server0 (its internal acceptor, not through lockgate) while it stands by.
     let c0 = format!("amqp://127.0.0.1:{}", ports.get(61626));
-    let mut direct0 = Jvm::java("direct0", &cp, "MirrorClient", &[&c0], dir.path());
+    let mut direct0 = case.client("direct0", &c0);
     direct0.wait_line("CONNECTED").await;
     // server0's mirror is sync="true": with its egress shut, the send waits for the mirror.
     direct0.send_line("send paused s 5").await;
@@ -567,7 +564,7 @@ async fn gated_outbound_mirror_pauses_while_standby_and_resumes() {
     node1.wait_standby("released: step_down").await;
     // Straight into server1, to see when server0's mirror arrives.
     let c1 = format!("amqp://127.0.0.1:{}", ports.get(61627));
-    let mut direct1 = Jvm::java("direct1", &cp, "MirrorClient", &[&c1], dir.path());
+    let mut direct1 = case.client("direct1", &c1);
     direct1.wait_line("CONNECTED").await;
     lock_command(&cfgs[0], &["resume"]).await;
     node0.wait_active().await;

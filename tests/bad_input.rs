@@ -6,29 +6,23 @@ mod common;
 
 use std::time::Duration;
 
+use common::config_file::{file_spec, scratch};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_half_open_and_resets_on_every_listener() {
-    let dir = tempfile::tempdir().unwrap();
-    let locks = dir.path().join("locks");
-    std::fs::create_dir(&locks).unwrap();
+    let (dir, locks) = scratch();
     let up = Upstream::start().await;
     let (gated, open, admin) = (free_port(), free_port(), free_port());
     let config = NodeSpec {
-        node_id: "node0",
-        locks: &locks,
-        client_port: gated,
-        upstream: up.addr,
         check_period_ms: 500,
-        health: None,
         extra: format!(
             "\n[[route]]\nname = \"mirror\"\nlisten = \"127.0.0.1:{open}\"\nforward-to = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\nmax-connections = 200\n",
             up.addr
         ),
-        zookeeper: None,
+        ..file_spec("node0", &locks, gated, up.addr)
     }
     .write(dir.path());
     // (The admin cap is raised above the 100 connections offered here; what happens past it

@@ -57,6 +57,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::commands::lock_command;
+use common::config_file::scratch;
+use common::toml_text::{Toml, loopback};
 use common::*;
 use tokio::sync::watch;
 
@@ -359,59 +362,16 @@ fn node_config(
     broker: u16,
     mirror: Option<u16>,
 ) -> PathBuf {
-    let mut text = format!(
-        r#"node-id = "{id}"
-shutdown-grace-ms = 200
-
-[admin]
-listen = "127.0.0.1:{admin}"
-
-[[lock-coordinator]]
-name = "clients-lock"
-type = "file"
-lock-id = "mqtt-clients"
-check-period = 200
-locks-folder = "{locks}"
-
-[lock-coordinator.health-check]
-address = "127.0.0.1:{broker}"
-interval-ms = 100
-timeout-ms = 100
-rise = 1
-fall = 2
-
-[[route]]
-name = "clients"
-listen = "127.0.0.1:{client}"
-forward-to = "127.0.0.1:{broker}"
-lock-coordinator = "clients-lock"
-"#,
-        locks = locks.display()
-    );
+    let broker = loopback(broker);
+    let mut toml = Toml::node(id, "shutdown-grace-ms = 200\n")
+        .admin(admin, "")
+        .file_lock("clients-lock", "mqtt-clients", locks, 200)
+        .health_check(broker, (100, 100, 1, 2))
+        .gated_route("clients", client, broker, "clients-lock");
     if let Some(m) = mirror {
-        text += &format!(
-            "\n[[route]]\nname = \"mirror\"\nlisten = \"127.0.0.1:{m}\"\nforward-to = \"127.0.0.1:{broker}\"\n"
-        );
+        toml = toml.route("mirror", m, broker, "");
     }
-    let path = dir.join(format!("{id}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// `lockgate step-down` / `lockgate resume` for `clients-lock`, through the node's admin endpoint.
-async fn lock_command(config: &Path, args: &[&str]) {
-    let out = lockgate()
-        .args(args)
-        .args(["--lock", "clients-lock", "--config"])
-        .arg(config)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "lockgate {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    toml.write(dir, id)
 }
 
 /// Creates the subscriber's persistent session and subscription on the broker whose node
@@ -446,10 +406,8 @@ async fn mosquitto_pair_fails_over_without_losing_acked_messages() {
     };
     let started = Instant::now();
     // First, so it is dropped last: logs live here until the end.
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, locks) = scratch();
     let d = dir.path();
-    let locks = d.join("locks");
-    std::fs::create_dir(&locks).unwrap();
     let [port_a, port_b, client0, client1, mirror1, admin0, admin1] = [(); 7].map(|_| free_port());
     let list = format!("{client0},{client1}");
 

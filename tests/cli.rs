@@ -6,33 +6,29 @@ mod common;
 
 use std::path::Path;
 use std::process::{Output, Stdio};
-use std::time::Duration;
 
+use common::commands::{cli, text};
+use common::config_file::{file_spec, scratch};
 use common::*;
 use serde_json::Value;
 
-async fn cli(args: &[&str], config: &Path) -> Output {
-    tokio::time::timeout(
-        Duration::from_secs(20),
-        lockgate()
-            .args(args)
-            .arg("--config")
-            .arg(config)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("lockgate did not return within 20 s")
-    .unwrap()
+/// `lockgate ARGS --config CONFIG`; asserts that it exited with `code`.
+async fn cli_exits(args: &[&str], config: &Path, code: i32) -> Output {
+    let o = cli(args, config).await;
+    assert_eq!(o.status.code(), Some(code), "{}", text(&o));
+    o
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+/// Asserts that `o`'s stdout contains `needle`.
+fn says(o: &Output, needle: &str) {
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains(needle), "no {needle:?} in\n{}", text(o));
+}
+
+/// Asserts that `o`'s stderr contains `needle`.
+fn warns(o: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(needle), "no {needle:?} in\n{}", text(o));
 }
 
 fn json(o: &Output) -> Value {
@@ -41,30 +37,21 @@ fn json(o: &Output) -> Value {
 
 fn spec<'a>(id: &'a str, locks: &'a Path, up: std::net::SocketAddr, extra: String) -> NodeSpec<'a> {
     NodeSpec {
-        node_id: id,
-        locks,
-        client_port: free_port(),
-        upstream: up,
         check_period_ms: 500,
-        health: None,
         extra,
-        zookeeper: None,
+        ..file_spec(id, locks, free_port(), up)
     }
 }
 
 #[tokio::test]
 async fn status_exit_codes_and_json() {
-    let dir = tempfile::tempdir().unwrap();
-    let locks = dir.path().join("locks");
-    std::fs::create_dir(&locks).unwrap();
+    let (dir, locks) = scratch();
     let up: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
     let file = spec("node0", &locks, up, String::new()).write(dir.path());
 
-    let out = cli(&["status"], &file).await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("free (never held)"));
-    let out = cli(&["status", "--json"], &file).await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = cli_exits(&["status"], &file, 0).await;
+    says(&out, "free (never held)");
+    let out = cli_exits(&["status", "--json"], &file, 0).await;
     let v = json(&out);
     assert_eq!(v["all_known"], true, "{v}");
     assert_eq!(v["locks"][0]["lock"], "clients-lock", "{v}");
@@ -79,27 +66,16 @@ async fn status_exit_codes_and_json() {
     );
     zk.zookeeper = Some(zk_keys);
     let zk = zk.write(dir.path());
-    let out = cli(&["status"], &zk).await;
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("unknown: ZooKeeper unreachable"),
-        "{}",
-        text(&out)
-    );
+    let out = cli_exits(&["status"], &zk, 3).await;
+    says(&out, "unknown: ZooKeeper unreachable");
     assert!(
         !String::from_utf8_lossy(&out.stderr).contains("INFO"),
         "{}",
         text(&out)
     );
-    let out = cli(&["check"], &zk).await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("the negotiated session was not checked"),
-        "{}",
-        text(&out)
-    );
-    let out = cli(&["status", "--json"], &zk).await;
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let out = cli_exits(&["check"], &zk, 0).await;
+    says(&out, "the negotiated session was not checked");
+    let out = cli_exits(&["status", "--json"], &zk, 3).await;
     let v = json(&out);
     assert_eq!(v["all_known"], false, "{v}");
     assert_eq!(v["locks"][0]["state"], "unknown", "{v}");
@@ -115,25 +91,18 @@ async fn check_quiet_json_paths_and_version() {
     let config = spec("node0", Path::new("locks"), up, String::new()).write(dir.path());
     let want = dir.path().join("locks");
 
-    let out = cli(&["check", "--quiet"], &config).await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = cli_exits(&["check", "--quiet"], &config, 0).await;
     assert!(
         out.stdout.is_empty() && out.stderr.is_empty(),
         "{}",
         text(&out)
     );
 
-    let out = cli(&["check"], &config).await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = cli_exits(&["check"], &config, 0).await;
     let shown = format!("locks-folder = \"{}\"", want.display());
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains(&shown),
-        "{}",
-        text(&out)
-    );
+    says(&out, &shown);
 
-    let out = cli(&["check", "--json"], &config).await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = cli_exits(&["check", "--json"], &config, 0).await;
     let v = json(&out);
     assert_eq!(v["valid"], true, "{v}");
     assert_eq!(
@@ -147,13 +116,8 @@ async fn check_quiet_json_paths_and_version() {
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "node-id = 3\n").unwrap();
     for args in [&["check", "--quiet"][..], &["check", "--json"][..]] {
-        let out = cli(args, &bad).await;
-        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains("node-id"),
-            "{}",
-            text(&out)
-        );
+        let out = cli_exits(args, &bad, 2).await;
+        warns(&out, "node-id");
     }
     let out = cli(&["check", "--json"], &bad).await;
     assert_eq!(json(&out)["valid"], false);
@@ -173,9 +137,7 @@ async fn check_quiet_json_paths_and_version() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn step_down_refuses_unknown_locks_and_other_nodes() {
-    let dir = tempfile::tempdir().unwrap();
-    let locks = dir.path().join("locks");
-    std::fs::create_dir(&locks).unwrap();
+    let (dir, locks) = scratch();
     let up = Upstream::start().await;
     let admin = free_port();
     let extra = format!("\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n");
@@ -184,43 +146,41 @@ async fn step_down_refuses_unknown_locks_and_other_nodes() {
     node.wait_active().await;
 
     // Unknown lock name: exit 2, the daemon is not asked.
-    let out = cli(&["step-down", "--lock", "no-such-lock"], &mine).await;
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no lock-coordinator named"));
+    let out = cli_exits(&["step-down", "--lock", "no-such-lock"], &mine, 2).await;
+    warns(&out, "no lock-coordinator named");
 
     // A config naming another node but the same admin port: exit 4, nothing stepped down.
     let other_dir = tempfile::tempdir().unwrap();
     let theirs = spec("node9", &locks, up.addr, extra).write(other_dir.path());
-    let out = cli(&["step-down", "--lock", "clients-lock", "--json"], &theirs).await;
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    let out = cli_exits(
+        &["step-down", "--lock", "clients-lock", "--json"],
+        &theirs,
+        4,
+    )
+    .await;
     assert_eq!(json(&out)["error"], "wrong_daemon");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is node \"node0\", not \"node9\""));
+    warns(&out, "is node \"node0\", not \"node9\"");
     let (code, body) = http(admin, "GET", "/status", &[]).await;
     assert_eq!(code, 200);
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["locks"]["clients-lock"]["held"], true, "{v}");
 
     // The right node: words by default, JSON on request.
-    let out = cli(
-        &[
-            "step-down",
-            "--lock",
-            "clients-lock",
-            "--hold-off-ms",
-            "60000",
-        ],
-        &mine,
-    )
-    .await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let step_down = [
+        "step-down",
+        "--lock",
+        "clients-lock",
+        "--hold-off-ms",
+        "60000",
+    ];
+    let out = cli_exits(&step_down, &mine, 0).await;
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
         said.starts_with("lock clients-lock on node node0: stepped down"),
         "{said}"
     );
     node.wait_standby("released: step_down").await;
-    let out = cli(&["resume", "--lock", "clients-lock", "--json"], &mine).await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = cli_exits(&["resume", "--lock", "clients-lock", "--json"], &mine, 0).await;
     let v = json(&out);
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["node_id"], "node0", "{v}");
@@ -228,8 +188,7 @@ async fn step_down_refuses_unknown_locks_and_other_nodes() {
 
     // No daemon: exit 1.
     drop(node);
-    let out = cli(&["resume", "--lock", "clients-lock"], &mine).await;
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    cli_exits(&["resume", "--lock", "clients-lock"], &mine, 1).await;
 }
 
 /// Starts `lockgate [pre] run --config FILE` with `env`, stopping it by PID at the end; returns
@@ -290,9 +249,7 @@ fn terminate(pid: i32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_formats_and_a_fatal_error_said_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let locks = dir.path().join("locks");
-    std::fs::create_dir(&locks).unwrap();
+    let (dir, locks) = scratch();
     let up = Upstream::start().await;
     let config = spec("node0", &locks, up.addr, String::new()).write(dir.path());
 
@@ -372,6 +329,17 @@ impl Ensemble {
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         c
     }
+
+    /// Runs the script's `start` (off the runtime: it waits for the ensemble); asserts it
+    /// succeeded.
+    async fn start(&self) -> Output {
+        let mut c = self.command("start");
+        let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        out
+    }
 }
 
 impl Drop for Ensemble {
@@ -401,18 +369,8 @@ async fn the_zookeeper_quickstart_serves_the_example() {
             ("LOCKGATE_ZK_ELECTION_PORTS".into(), list(&ports[6..9])),
         ],
     };
-    let out = tokio::task::spawn_blocking({
-        let mut c = zk.command("start");
-        move || c.output().unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("ensemble ready"),
-        "{}",
-        text(&out)
-    );
+    let out = zk.start().await;
+    says(&out, "ensemble ready");
 
     let connect = ports[0..3]
         .iter()
@@ -427,43 +385,28 @@ async fn the_zookeeper_quickstart_serves_the_example() {
     assert_ne!(moved, original, "the example's connect-string moved");
     let config = zk.dir.path().join("server0.toml");
     std::fs::write(&config, moved).unwrap();
-    let out = cli(&["status"], &config).await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(said.contains("clients-lock (zookeeper"), "{said}");
+    let out = cli_exits(&["status"], &config, 0).await;
+    says(&out, "clients-lock (zookeeper");
     let out = zk.command("status").output().unwrap();
     let modes = String::from_utf8_lossy(&out.stdout);
     assert_eq!(modes.matches("leader").count(), 1, "{modes}");
     assert_eq!(modes.matches("follower").count(), 2, "{modes}");
     // tickTime 2000: the 18 s session is granted, and check says so.
-    let out = cli(&["check"], &config).await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        said.contains("the servers grant the session asked: S = 18000 ms"),
-        "{said}"
-    );
+    let out = cli_exits(&["check"], &config, 0).await;
+    says(&out, "the servers grant the session asked: S = 18000 ms");
 
     // tickTime 500: the servers cap sessions at 10 s; check warns, with the figures for 10 s.
     let out = zk.command("stop").output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let mut zk = zk;
     zk.env.push(("LOCKGATE_ZK_TICK_MS".into(), "500".into()));
-    let out = tokio::task::spawn_blocking({
-        let mut c = zk.command("start");
-        move || c.output().unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    let out = cli(&["check"], &config).await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        said.contains("WARNING: the servers grant a session of 10000 ms, not the 18000 ms asked"),
-        "{said}"
+    zk.start().await;
+    let out = cli_exits(&["check"], &config, 0).await;
+    says(
+        &out,
+        "WARNING: the servers grant a session of 10000 ms, not the 18000 ms asked",
     );
-    assert!(said.contains("with S = 10000 ms"), "{said}");
+    says(&out, "with S = 10000 ms");
     let out = cli(&["check", "--json"], &config).await;
     assert_eq!(json(&out)["locks"][0]["negotiated_session_ms"], 10000);
     // --quiet never asks ZooKeeper.

@@ -1,50 +1,38 @@
 //! Fuzzing the config parser and validator (proptest): mutated valid configs and arbitrary
 //! text never panic, and every refusal names the file, a line and a key.
 
+#[path = "common/toml_text.rs"]
+mod toml_text;
+
 use std::path::Path;
+use std::sync::LazyLock;
 
 use lockgate::config::{Config, ConfigError};
 use proptest::prelude::*;
+use toml_text::Toml;
 
-const VALID: &str = r#"node-id = "server0"
-shutdown-grace-ms = 5000
-
-[admin]
-listen = "127.0.0.1:9464"
-
-[[lock-coordinator]]
-name = "clients-lock"
-type = "file"
-lock-id = "mirror-cluster-clients"
-check-period = 1000
-locks-folder = "."
-
-[lock-coordinator.health-check]
-address = "127.0.0.1:61626"
-interval-ms = 500
-timeout-ms = 250
-rise = 2
-fall = 2
-
-[[lock-coordinator]]
-name = "zk-lock"
-type = "zookeeper"
-lock-id = "other"
-connect-string = "127.0.0.1:2181,127.0.0.1:2182"
-namespace = "lockgate"
-session-ms = 18000
-
-[[route]]
-name = "clients"
-listen = "0.0.0.0:61616"
-forward-to = "127.0.0.1:61626"
-lock-coordinator = "clients-lock"
-
-[[route]]
-name = "mirror"
-listen = "0.0.0.0:61001"
-forward-to = "127.0.0.1:61011"
-"#;
+/// The base config every case mutates: both backends, a health check, an admin endpoint, a
+/// gated and an open route.
+static VALID: LazyLock<String> = LazyLock::new(|| {
+    Toml::node("server0", "shutdown-grace-ms = 5000\n")
+        .admin_on("127.0.0.1:9464", "")
+        .file_lock("clients-lock", "mirror-cluster-clients", Path::new("."), 1000)
+        .health_check("127.0.0.1:61626", (500, 250, 2, 2))
+        .coordinator(
+            "zk-lock",
+            "zookeeper",
+            "other",
+            "connect-string = \"127.0.0.1:2181,127.0.0.1:2182\"\nnamespace = \"lockgate\"\nsession-ms = 18000\n",
+        )
+        .route_on(
+            "clients",
+            "0.0.0.0:61616",
+            "127.0.0.1:61626",
+            "lock-coordinator = \"clients-lock\"\n",
+        )
+        .route_on("mirror", "0.0.0.0:61001", "127.0.0.1:61011", "")
+        .into_text()
+});
 
 /// Every numeric key of the base config (and the optional ones), with the values that broke
 /// `lockgate check` before every number had an upper bound.
@@ -200,7 +188,7 @@ fn check(text: &str) {
 
 #[test]
 fn the_valid_base_config_is_valid() {
-    Config::from_str(VALID, Path::new("/tmp/lockgate.toml")).unwrap();
+    Config::from_str(&VALID, Path::new("/tmp/lockgate.toml")).unwrap();
 }
 
 /// Values that stress the validators.

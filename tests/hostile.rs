@@ -4,18 +4,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::commands::{cli_within, lock_command_for};
+use common::config_file::{file_spec, scratch, with_admin, with_admin_on};
+use common::solo::Solo;
+use common::toml_text::Toml;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Writes `text` as `<dir>/<name>.toml`.
-fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path
-}
+use tokio::net::TcpStream;
 
 /// One scrape of the admin endpoint.
 async fn scrape(admin: u16) -> String {
@@ -51,41 +48,29 @@ fn zero_writer(port: u16) -> std::process::Child {
         .unwrap()
 }
 
-/// An upstream that accepts and never reads (a broker stuck in a GC pause, a consumer that
-/// stopped reading): its small receive buffer fills and the proxy's writes block.
-struct DeafUpstream {
+/// A loopback listener task that hands every connection it accepts to `take` and counts
+/// them; stopped when dropped.
+struct Counting {
     addr: std::net::SocketAddr,
     accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl DeafUpstream {
-    fn start() -> DeafUpstream {
-        let socket =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        socket
-            .bind(
-                &"127.0.0.1:0"
-                    .parse::<std::net::SocketAddr>()
-                    .unwrap()
-                    .into(),
-            )
-            .unwrap();
-        socket.listen(128).unwrap();
-        socket.set_nonblocking(true).unwrap();
-        let listener = tokio::net::TcpListener::from_std(socket.into()).unwrap();
+impl Counting {
+    fn start(
+        listener: tokio::net::TcpListener,
+        mut take: impl FnMut(TcpStream) + Send + 'static,
+    ) -> Counting {
         let addr = listener.local_addr().unwrap();
         let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let count = accepted.clone();
         let task = tokio::spawn(async move {
-            let mut held = Vec::new();
             while let Ok((s, _)) = listener.accept().await {
-                held.push(s);
+                take(s);
                 count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
         });
-        DeafUpstream {
+        Counting {
             addr,
             accepted,
             task,
@@ -97,10 +82,30 @@ impl DeafUpstream {
     }
 }
 
-impl Drop for DeafUpstream {
+impl Drop for Counting {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// An upstream that accepts and never reads (a broker stuck in a GC pause, a consumer that
+/// stopped reading): its small receive buffer fills and the proxy's writes block.
+fn deaf_upstream() -> Counting {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    socket.listen(128).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(socket.into()).unwrap();
+    let mut held = Vec::new();
+    Counting::start(listener, move |s| held.push(s))
 }
 
 /// Item 6. Clients killed while their upstream never reads: without route timeouts each
@@ -112,45 +117,26 @@ impl Drop for DeafUpstream {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_clients_of_a_deaf_upstream_are_closed_by_the_route_timeouts() {
     let dir = tempfile::tempdir().unwrap();
-    let deaf = DeafUpstream::start();
+    let deaf = deaf_upstream();
     let echo = Upstream::start().await;
     let (admin, port, echo_port) = (free_port(), free_port(), free_port());
-    let config = write_config(
-        dir.path(),
-        "node",
-        &format!(
-            r#"node-id = "node"
-shutdown-grace-ms = 500
-[admin]
-listen = "127.0.0.1:{admin}"
-
-[[route]]
-name = "deaf"
-listen = "127.0.0.1:{port}"
-forward-to = "{deaf}"
-zero-copy = false
-client-timeout-ms = 1500
-server-timeout-ms = 1500
-
-[[route]]
-name = "heartbeat"
-listen = "127.0.0.1:{echo_port}"
-forward-to = "{echo}"
-client-timeout-ms = 1500
-server-timeout-ms = 1500
-"#,
-            deaf = deaf.addr,
-            echo = echo.addr
-        ),
-    );
+    let timeouts = "client-timeout-ms = 1500\nserver-timeout-ms = 1500\n";
+    let config = Toml::node("node", "shutdown-grace-ms = 500\n")
+        .admin(admin, "")
+        .route(
+            "deaf",
+            port,
+            deaf.addr,
+            &format!("zero-copy = false\n{timeouts}"),
+        )
+        .route("heartbeat", echo_port, echo.addr, timeouts)
+        .write(dir.path(), "node");
     let node = Node::start("node", &config, dir.path()).await;
     let (_, base_fds) = node.threads_and_fds();
 
     // A heartbeating client: a ping every 100 ms, echoed, for three timeouts.
     let heartbeat = tokio::spawn(async move {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", echo_port))
-            .await
-            .unwrap();
+        let mut s = TcpStream::connect(("127.0.0.1", echo_port)).await.unwrap();
         let started = Instant::now();
         let mut buf = [0u8; 5];
         while started.elapsed() < Duration::from_millis(2500) {
@@ -192,33 +178,35 @@ server-timeout-ms = 1500
         c.kill().unwrap();
         c.wait().unwrap();
     }
-    let took = wait_until(
-        "the dead clients' connections were closed",
-        Duration::from_secs(10),
-        async || node.threads_and_fds().1 <= base_fds + 4,
-    )
-    .await;
-    eprintln!("{CLIENTS} dead clients' connections closed {took:?} after the kill");
-    let m = scrape(admin).await;
     // Normally the server is blamed (the clients were not expected to move while it did not
     // read); a connection whose last client bytes and FIN still fitted in the buffers is
     // idle on the client side instead. Either way each is closed and counted once.
-    let by = |reason: &str| {
+    let count = |m: &str, reason: &str| {
         value(
-            &m,
+            m,
             &format!(r#"lockgate_connections_timed_out_total{{route="deaf",reason="{reason}"}}"#),
         )
     };
+    let closed = |m: &str| count(m, "server_inactive") + count(m, "client_inactive");
+    // The descriptor bound leaves room for a connection still closing: wait for the count too.
+    let mut m = String::new();
+    let took = wait_until(
+        "the dead clients' connections were closed and counted",
+        Duration::from_secs(10),
+        async || {
+            m = scrape(admin).await;
+            node.threads_and_fds().1 <= base_fds + 4 && closed(&m) >= CLIENTS as f64
+        },
+    )
+    .await;
+    eprintln!("{CLIENTS} dead clients' connections closed {took:?} after the kill");
+    let by = |reason: &str| count(&m, reason);
     eprintln!(
         "closed: {} server_inactive, {} client_inactive",
         by("server_inactive"),
         by("client_inactive")
     );
-    assert_eq!(
-        by("server_inactive") + by("client_inactive"),
-        CLIENTS as f64,
-        "{m}"
-    );
+    assert_eq!(closed(&m), CLIENTS as f64, "{m}");
 
     // The heartbeating connection outlived three timeouts, then goes quiet and is closed.
     let mut s = heartbeat.await.unwrap();
@@ -266,46 +254,16 @@ fn prlimit_nofile(pid: i32, soft: u64, hard: u64) {
 /// local resource error that counts neither way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn descriptor_floods_do_not_move_the_lock() {
-    if !have("prlimit", "util-linux") {
+    let Some(mut h) = limited_holder("max-connections = 8\n").await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let locks = dir.path().join("locks");
-    std::fs::create_dir(&locks).unwrap();
-    let up = Upstream::start().await;
-    let (admin, port) = (free_port(), free_port());
-    let config = NodeSpec {
-        node_id: "node",
-        locks: &locks,
-        client_port: port,
-        upstream: up.addr,
-        check_period_ms: 1000,
-        health: Some((100, 1, 2)),
-        extra: String::new(),
-        zookeeper: None,
-    }
-    .write(dir.path());
-    let config = with_admin(config, admin, "max-connections = 8\n");
-    let mut node = Node::start("node", &config, dir.path()).await;
-    node.wait_active().await;
-    wait_serving(port).await;
-    prlimit_nofile(node.pid, 64, 64);
-
+    };
+    let (node, port, admin) = (&mut h.node, h.port, h.admin);
     // 200 idle admin connections from one local process.
-    let mut idle = Vec::new();
-    for _ in 0..200 {
-        if let Ok(s) = tokio::net::TcpStream::connect(("127.0.0.1", admin)).await {
-            idle.push(s);
-        }
-    }
-    let mark = node.seen.len();
-    node.collect_for(Duration::from_millis(1500)).await;
-    let (_, fds) = node.threads_and_fds();
+    let (idle, seen, fds) = admin_flood(node, admin, Duration::from_millis(1500)).await;
     eprintln!("with 200 admin connections offered: {fds} descriptors open");
     assert!(
-        !node.seen[mark..].iter().any(|l| l.contains("standby")),
-        "the lock moved during an admin flood: {:?}\n{}",
-        &node.seen[mark..],
+        !seen.iter().any(|l| l.contains("standby")),
+        "the lock moved during an admin flood: {seen:?}\n{}",
         node.log_text()
     );
     assert!(serves(port).await, "the gated route stopped serving");
@@ -350,6 +308,43 @@ async fn descriptor_floods_do_not_move_the_lock() {
     );
 }
 
+/// A holder health-checking its upstream, with an admin endpoint (`admin_keys` in its table),
+/// serving, and limited to 64 descriptors (`prlimit`). `None` (the test is skipped) without
+/// `prlimit`.
+async fn limited_holder(admin_keys: &str) -> Option<Solo> {
+    if !have("prlimit", "util-linux") {
+        return None;
+    }
+    let h = Solo::active("node", admin_keys, |spec| NodeSpec {
+        health: Some((100, 1, 2)),
+        ..spec
+    })
+    .await;
+    wait_serving(h.port).await;
+    prlimit_nofile(h.node.pid, 64, 64);
+    Some(h)
+}
+
+/// Opens 200 idle connections to the admin endpoint (those refused at connect are left out),
+/// then watches `node` for `watch`: the connections, the notify lines meanwhile, and the
+/// descriptors the node has open after.
+async fn admin_flood(
+    node: &mut Node,
+    admin: u16,
+    watch: Duration,
+) -> (Vec<TcpStream>, Vec<String>, usize) {
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        if let Ok(s) = TcpStream::connect(("127.0.0.1", admin)).await {
+            idle.push(s);
+        }
+    }
+    let mark = node.seen.len();
+    node.collect_for(watch).await;
+    let (_, fds) = node.threads_and_fds();
+    (idle, node.seen[mark..].to_vec(), fds)
+}
+
 /// Scrapes once the admin endpoint accepts again (its idle connections were just closed).
 async fn wait_scrape(admin: u16) -> String {
     let mut out = String::new();
@@ -370,10 +365,14 @@ async fn wait_scrape(admin: u16) -> String {
 
 /// A GET that may be refused; `None` if the connection failed or was reset.
 async fn try_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
+    let s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
     let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    exchange(s, &req).await
+}
+
+/// Sends `req` on `s`, reads to the end: the status code and the body; `None` if the
+/// connection failed or was reset.
+async fn exchange(mut s: TcpStream, req: &str) -> Option<(u16, String)> {
     s.write_all(req.as_bytes()).await.ok()?;
     let mut out = Vec::new();
     tokio::time::timeout(BOUND, s.read_to_end(&mut out))
@@ -390,28 +389,8 @@ async fn try_get(port: u16, path: &str) -> Option<(u16, String)> {
 /// the hold-off to `Instant::now()`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absurd_step_down_durations_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let locks = dir.path().join("locks");
-    std::fs::create_dir(&locks).unwrap();
-    let up = Upstream::start().await;
-    let (admin, port) = (free_port(), free_port());
-    let config = with_admin(
-        NodeSpec {
-            node_id: "node",
-            locks: &locks,
-            client_port: port,
-            upstream: up.addr,
-            check_period_ms: 1000,
-            health: None,
-            extra: String::new(),
-            zookeeper: None,
-        }
-        .write(dir.path()),
-        admin,
-        "",
-    );
-    let mut node = Node::start("node", &config, dir.path()).await;
-    node.wait_active().await;
+    let mut h = Solo::active("node", "", |spec| spec).await;
+    let (node, admin) = (&mut h.node, h.admin);
     for q in [
         "hold-off-ms=18446744073709551615",
         "drain-ms=18446744073709551615",
@@ -439,41 +418,18 @@ async fn absurd_step_down_durations_are_refused() {
     node.wait_active().await;
 }
 
-/// Adds an `[admin]` table (with `extra` keys) to a config written by `NodeSpec`.
-fn with_admin(config: PathBuf, admin: u16, extra: &str) -> PathBuf {
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replacen(
-            "\n[[lock-coordinator]]",
-            &format!("\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n{extra}\n[[lock-coordinator]]"),
-            1,
-        ),
-    )
-    .unwrap();
-    config
-}
-
 /// Item 2. A file-lock standby reloaded 300 times (real SIGHUPs, each changing its
 /// coordinator's settings so the coordinator is stopped and re-created) keeps its thread and
 /// descriptor counts flat: a stopped `FileLock` hands its blocked waiter to the next one
 /// instead of leaving it behind (before: one more thread and descriptor per reload).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloading_a_file_lock_standby_leaks_no_thread_and_no_descriptor() {
-    let dir = tempfile::tempdir().unwrap();
-    let locks = dir.path().join("locks");
-    std::fs::create_dir(&locks).unwrap();
+    let (dir, locks) = scratch();
     let up = [Upstream::start().await, Upstream::start().await];
     let ports = [free_port(), free_port()];
     let spec = |i: usize, id, period| NodeSpec {
-        node_id: id,
-        locks: &locks,
-        client_port: ports[i],
-        upstream: up[i].addr,
         check_period_ms: period,
-        health: None,
-        extra: String::new(),
-        zookeeper: None,
+        ..file_spec(id, &locks, ports[i], up[i].addr)
     };
     let c0 = spec(0, "node0", 1000).write(dir.path());
     let mut holder = Node::start("node0", &c0, dir.path()).await;
@@ -521,28 +477,17 @@ async fn reloading_a_file_lock_standby_leaks_no_thread_and_no_descriptor() {
 async fn refused_upstream_connects_log_one_line_per_second() {
     let dir = tempfile::tempdir().unwrap();
     let (admin, port, dead) = (free_port(), free_port(), free_port());
-    let config = write_config(
-        dir.path(),
-        "node",
-        &format!(
-            r#"node-id = "node"
-[admin]
-listen = "127.0.0.1:{admin}"
-
-[[route]]
-name = "r"
-listen = "127.0.0.1:{port}"
-forward-to = "127.0.0.1:{dead}"
-"#
-        ),
-    );
+    let config = Toml::node("node", "")
+        .admin(admin, "")
+        .route("r", port, format!("127.0.0.1:{dead}"), "")
+        .write(dir.path(), "node");
     let node = Node::start("node", &config, dir.path()).await;
     const CLIENTS: usize = 200;
     let started = Instant::now();
     for _ in 0..CLIENTS {
         // The proxy resets the client once its upstream refused (the reset may already
         // be there when the connect completes).
-        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await {
             let mut buf = [0u8; 1];
             let r = tokio::time::timeout(BOUND, s.read(&mut buf)).await.unwrap();
             assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
@@ -574,45 +519,15 @@ forward-to = "127.0.0.1:{dead}"
 }
 
 /// A TCP relay to `target` that counts the connections it carried.
-struct CountingRelay {
-    port: u16,
-    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl CountingRelay {
-    async fn start(target: u16) -> CountingRelay {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let n = connections.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((mut down, _)) = listener.accept().await {
-                n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                tokio::spawn(async move {
-                    if let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
-                    {
-                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-                    }
-                });
+async fn counting_relay(target: u16) -> Counting {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    Counting::start(listener, move |mut down| {
+        tokio::spawn(async move {
+            if let Ok(mut up) = TcpStream::connect(("127.0.0.1", target)).await {
+                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
             }
         });
-        CountingRelay {
-            port,
-            connections,
-            task,
-        }
-    }
-
-    fn connections(&self) -> usize {
-        self.connections.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-impl Drop for CountingRelay {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    })
 }
 
 /// This host's own non-loopback IPv4 address, if it has one (found by a UDP connect, which
@@ -628,22 +543,12 @@ fn own_address() -> Option<std::net::IpAddr> {
 async fn get_from(from: std::net::IpAddr, port: u16, path: &str, headers: &str) -> u16 {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(std::net::SocketAddr::new(from, 0)).unwrap();
-    let mut s = socket
+    let s = socket
         .connect(std::net::SocketAddr::new(from, port))
         .await
         .unwrap();
     let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(BOUND, s.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    String::from_utf8_lossy(&out)
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
+    exchange(s, &req).await.expect("no HTTP answer").0
 }
 
 /// Item 5. `GET /status` serves the coordinator's own view and opens no ZooKeeper session
@@ -655,32 +560,22 @@ async fn status_does_not_cost_the_ensemble() {
         return;
     }
     let zk = common::zk::Ensemble::start(1).await;
-    let relay = CountingRelay::start(zk.client_port(0)).await;
+    let relay = counting_relay(zk.client_port(0)).await;
     let dir = tempfile::tempdir().unwrap();
     let up = Upstream::start().await;
     let (admin, port) = (free_port(), free_port());
     let token = "0123456789abcdef-token";
     std::fs::write(dir.path().join("token"), token).unwrap();
-    let config = NodeSpec {
-        node_id: "node",
-        locks: dir.path(),
-        client_port: port,
-        upstream: up.addr,
+    let spec = NodeSpec {
         check_period_ms: 500,
-        health: None,
-        extra: String::new(),
         zookeeper: Some(format!(
             "connect-string = \"127.0.0.1:{}\"\nnamespace = \"lockgate-test\"\nsession-ms = 4000\nsession-percent = 25\nconnection-ms = 1500",
-            relay.port
+            relay.addr.port()
         )),
-    }
-    .write(dir.path());
-    let text = std::fs::read_to_string(&config).unwrap().replacen(
-        "\n[[lock-coordinator]]",
-        &format!("\n[admin]\nlisten = \"0.0.0.0:{admin}\"\ntoken-file = \"token\"\n\n[[lock-coordinator]]"),
-        1,
-    );
-    std::fs::write(&config, text).unwrap();
+        ..file_spec("node", dir.path(), port, up.addr)
+    };
+    let listen = format!("0.0.0.0:{admin}");
+    let config = with_admin_on(spec.write(dir.path()), &listen, "token-file = \"token\"\n");
     let mut node = Node::start("node", &config, dir.path()).await;
     node.wait_active().await;
     // The STATUS line goes out just before the admin view is updated.
@@ -691,7 +586,7 @@ async fn status_does_not_cost_the_ensemble() {
             .contains(r#""held":true"#)
     })
     .await;
-    let before = relay.connections();
+    let before = relay.accepted();
     for _ in 0..100 {
         let (code, body) = http(admin, "GET", "/status", &[]).await;
         assert_eq!(code, 200, "{body}");
@@ -701,7 +596,7 @@ async fn status_does_not_cost_the_ensemble() {
         assert_eq!(lock["holder"]["node_id"], "node", "{body}");
     }
     assert_eq!(
-        relay.connections(),
+        relay.accepted(),
         before,
         "GET /status opened ZooKeeper sessions"
     );
@@ -713,7 +608,7 @@ async fn status_does_not_cost_the_ensemble() {
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert!(v["locks"]["clients-lock"]["observed"].is_object(), "{body}");
     }
-    let reads = relay.connections() - before;
+    let reads = relay.accepted() - before;
     let secs = started.elapsed().as_secs() as usize;
     eprintln!("20 fresh status reads in about {secs} s: {reads} ZooKeeper sessions");
     assert!(
@@ -741,48 +636,16 @@ async fn status_does_not_cost_the_ensemble() {
 /// logged "stopped" but did not exit).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_storage_is_reported_and_does_not_hold_the_exit() {
-    let dir = tempfile::tempdir().unwrap();
-    let locks = dir.path().join("locks");
-    std::fs::create_dir(&locks).unwrap();
-    let fifo = locks.join("stuck");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    let (dir, locks) = scratch();
+    mkfifo(&locks.join("stuck"));
     let up = Upstream::start().await;
     let (admin, port, open_port) = (free_port(), free_port(), free_port());
-    let config = write_config(
-        dir.path(),
-        "node",
-        &format!(
-            r#"node-id = "node"
-shutdown-grace-ms = 500
-[admin]
-listen = "127.0.0.1:{admin}"
-
-[[lock-coordinator]]
-name = "stuck-lock"
-type = "file"
-lock-id = "stuck"
-locks-folder = "{locks}"
-check-period = 500
-
-[[route]]
-name = "gated"
-listen = "127.0.0.1:{port}"
-forward-to = "{up}"
-lock-coordinator = "stuck-lock"
-
-[[route]]
-name = "open"
-listen = "127.0.0.1:{open_port}"
-forward-to = "{up}"
-"#,
-            locks = locks.display(),
-            up = up.addr
-        ),
-    );
+    let config = Toml::node("node", "shutdown-grace-ms = 500\n")
+        .admin(admin, "")
+        .file_lock("stuck-lock", "stuck", &locks, 500)
+        .gated_route("gated", port, up.addr, "stuck-lock")
+        .route("open", open_port, up.addr, "")
+        .write(dir.path(), "node");
     let mut node = Node::start("node", &config, dir.path()).await;
     let started = Instant::now();
     let (code, body) = http(admin, "GET", "/status?fresh=1", &[]).await;
@@ -810,17 +673,7 @@ forward-to = "{up}"
 
     // `lockgate status` answers within its bound.
     let started = Instant::now();
-    let out = tokio::time::timeout(
-        Duration::from_secs(10),
-        lockgate()
-            .args(["status", "--config"])
-            .arg(&config)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("lockgate status did not return within 10 s")
-    .unwrap();
+    let out = cli_within(Duration::from_secs(10), &["status"], &config).await;
     let took = started.elapsed();
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("lockgate status took {took:?}: {stdout}");
@@ -843,37 +696,15 @@ forward-to = "{up}"
 /// the request line was not even a valid URI).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_reaches_a_lock_whatever_its_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let locks = dir.path().join("locks");
-    std::fs::create_dir(&locks).unwrap();
+    let (dir, locks) = scratch();
     let up = Upstream::start().await;
     let (admin, port) = (free_port(), free_port());
     let name = "clients lock/#1%";
-    let config = write_config(
-        dir.path(),
-        "node",
-        &format!(
-            r#"node-id = "node"
-[admin]
-listen = "127.0.0.1:{admin}"
-
-[[lock-coordinator]]
-name = "{name}"
-type = "file"
-lock-id = "odd"
-locks-folder = "{locks}"
-check-period = 500
-
-[[route]]
-name = "gated"
-listen = "127.0.0.1:{port}"
-forward-to = "{up}"
-lock-coordinator = "{name}"
-"#,
-            locks = locks.display(),
-            up = up.addr
-        ),
-    );
+    let config = Toml::node("node", "")
+        .admin(admin, "")
+        .file_lock(name, "odd", &locks, 500)
+        .gated_route("gated", port, up.addr, name)
+        .write(dir.path(), "node");
     let mut node = Node::start("node", &config, dir.path()).await;
     let active = format!("STATUS=lock {name}: active");
     node.wait_note(|l| l.starts_with(&active)).await;
@@ -884,20 +715,7 @@ lock-coordinator = "{name}"
         ),
         (vec!["resume"], "active"),
     ] {
-        let out = lockgate()
-            .args(&args[..1])
-            .arg("--config")
-            .arg(&config)
-            .args(["--lock", name])
-            .args(&args[1..])
-            .output()
-            .await
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        lock_command_for(name, &config, &args).await;
         let prefix = format!("STATUS=lock {name}: ");
         node.wait_note(|l| l.starts_with(&prefix) && l.contains(want))
             .await;
@@ -909,21 +727,13 @@ lock-coordinator = "{name}"
 /// That must be loud: a WARN naming the change, and `lockgate_lock_identity_changes_total`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_changing_a_locks_identity_is_loud() {
-    let dir = tempfile::tempdir().unwrap();
-    let locks = dir.path().join("locks");
-    std::fs::create_dir(&locks).unwrap();
+    let (dir, locks) = scratch();
     let up = [Upstream::start().await, Upstream::start().await];
     let ports = [free_port(), free_port()];
     let admin = free_port();
     let spec = |i: usize, id| NodeSpec {
-        node_id: id,
-        locks: &locks,
-        client_port: ports[i],
-        upstream: up[i].addr,
         check_period_ms: 500,
-        health: None,
-        extra: String::new(),
-        zookeeper: None,
+        ..file_spec(id, &locks, ports[i], up[i].addr)
     };
     let c0 = spec(0, "node0").write(dir.path());
     let mut node0 = Node::start("node0", &c0, dir.path()).await;
@@ -961,17 +771,9 @@ async fn a_reload_changing_a_locks_identity_is_loud() {
     assert!(serves(ports[0]).await && serves(ports[1]).await);
 }
 
-/// Whether `tool` runs here; without it a test is skipped with a note, except under CI.
+/// Whether `tool` is installed here; without it a test is skipped with a note, except under CI.
 fn have(tool: &str, package: &str) -> bool {
-    let ok = std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        common::skip::skipped(&format!("{tool} is missing (apt-get install -y {package})"));
-    }
-    ok
+    common::skip::tool(tool, package).is_some()
 }
 
 /// Runs a command, panicking with its stderr if it fails.
@@ -1042,6 +844,15 @@ impl Drop for Netns {
     }
 }
 
+/// Makes a FIFO at `path` with `mkfifo(1)`.
+fn mkfifo(path: &std::path::Path) {
+    let made = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo {}", path.display());
+}
+
 /// Kills a child process (by its PID) on drop.
 struct Reaped(std::process::Child);
 
@@ -1066,26 +877,15 @@ async fn a_cut_link_to_the_upstream_is_found_by_tcp_user_timeout() {
     let ns = Netns::create();
     let dir = tempfile::tempdir().unwrap();
     let (admin, port, up_port) = (free_port(), free_port(), 9000);
-    let config = write_config(
-        dir.path(),
-        "node",
-        &format!(
-            r#"node-id = "node"
-shutdown-grace-ms = 200
-[admin]
-listen = "127.0.0.1:{admin}"
-
-[[route]]
-name = "far"
-listen = "127.0.0.1:{port}"
-forward-to = "{ip}:{up_port}"
-client-timeout-ms = 60000
-server-timeout-ms = 60000
-tcp-user-timeout-ms = 1000
-"#,
-            ip = ns.b_ip
-        ),
-    );
+    let config = Toml::node("node", "shutdown-grace-ms = 200\n")
+        .admin(admin, "")
+        .route(
+            "far",
+            port,
+            format!("{}:{up_port}", ns.b_ip),
+            "client-timeout-ms = 60000\nserver-timeout-ms = 60000\ntcp-user-timeout-ms = 1000\n",
+        )
+        .write(dir.path(), "node");
     // The upstream, in namespace b: reads and discards everything.
     let _upstream = Reaped(
         std::process::Command::new("ip")
@@ -1164,34 +964,16 @@ tcp-user-timeout-ms = 1000
 /// the task that also waits for SIGTERM, so the process never stopped).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_from_hung_storage_is_bounded() {
-    let dir = tempfile::tempdir().unwrap();
-    let locks = dir.path().join("locks");
-    std::fs::create_dir(&locks).unwrap();
+    let (dir, locks) = scratch();
     let up = Upstream::start().await;
     let (admin, port) = (free_port(), free_port());
-    let real = with_admin(
-        NodeSpec {
-            node_id: "node",
-            locks: &locks,
-            client_port: port,
-            upstream: up.addr,
-            check_period_ms: 500,
-            health: None,
-            extra: String::new(),
-            zookeeper: None,
-        }
-        .write(dir.path()),
-        admin,
-        "",
-    );
+    let spec = NodeSpec {
+        check_period_ms: 500,
+        ..file_spec("node", &locks, port, up.addr)
+    };
+    let real = with_admin(spec.write(dir.path()), admin, "");
     let fifo = dir.path().join("fifo.toml");
-    assert!(
-        std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    mkfifo(&fifo);
     // One writer, for the start-up read only.
     let _writer = Reaped(
         std::process::Command::new("sh")
@@ -1244,49 +1026,18 @@ async fn a_reload_from_hung_storage_is_bounded() {
 /// endpoint, so 200 idle admin connections leave the gated route serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_endpoint_leaves_a_descriptor_reserve() {
-    if !have("prlimit", "util-linux") {
+    let Some(mut h) = limited_holder("max-connections = 1024\n").await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let locks = dir.path().join("locks");
-    std::fs::create_dir(&locks).unwrap();
-    let up = Upstream::start().await;
-    let (admin, port) = (free_port(), free_port());
-    let config = with_admin(
-        NodeSpec {
-            node_id: "node",
-            locks: &locks,
-            client_port: port,
-            upstream: up.addr,
-            check_period_ms: 1000,
-            health: Some((100, 1, 2)),
-            extra: String::new(),
-            zookeeper: None,
-        }
-        .write(dir.path()),
-        admin,
-        "max-connections = 1024\n",
-    );
-    let mut node = Node::start("node", &config, dir.path()).await;
-    node.wait_active().await;
-    wait_serving(port).await;
-    prlimit_nofile(node.pid, 64, 64);
-    let mut idle = Vec::new();
-    for _ in 0..200 {
-        if let Ok(s) = tokio::net::TcpStream::connect(("127.0.0.1", admin)).await {
-            idle.push(s);
-        }
-    }
-    let mark = node.seen.len();
-    node.collect_for(Duration::from_millis(1000)).await;
-    let (_, fds) = node.threads_and_fds();
+    };
+    let (node, port, admin) = (&mut h.node, h.port, h.admin);
+    let (idle, seen, fds) = admin_flood(node, admin, Duration::from_millis(1000)).await;
     eprintln!("200 admin connections offered, no cap: {fds} descriptors open of 64");
     assert!(
         fds <= 64 - 16 + 2,
         "the admin endpoint ate into the reserve: {fds}"
     );
     assert!(serves(port).await, "the gated route stopped serving");
-    assert!(!node.seen[mark..].iter().any(|l| l.contains("standby")));
+    assert!(!seen.iter().any(|l| l.contains("standby")));
     drop(idle);
     let m = wait_scrape(admin).await;
     assert!(

@@ -12,33 +12,21 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::commands::admin_post;
+use common::config_file::env_or;
+use common::solo::Solo;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_connections_are_served_then_reset_on_lock_loss() {
-    let n: usize = std::env::var("LOCKGATE_LOAD_CONNECTIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(9_000);
-    let dir = tempfile::tempdir().unwrap();
-    let locks = dir.path().join("locks");
-    std::fs::create_dir(&locks).unwrap();
-    let up = Upstream::start().await;
-    let (port, admin) = (free_port(), free_port());
-    let config = NodeSpec {
-        node_id: "node0",
-        locks: &locks,
-        client_port: port,
-        upstream: up.addr,
+    let n: usize = env_or("LOCKGATE_LOAD_CONNECTIONS", 9_000);
+    let mut solo = Solo::active("node0", "", |spec| NodeSpec {
         check_period_ms: 500,
-        health: None,
-        extra: format!("\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"),
-        zookeeper: None,
-    }
-    .write(dir.path());
-    let mut node = Node::start("node0", &config, dir.path()).await;
-    node.wait_active().await;
+        ..spec
+    })
+    .await;
+    let (node, port, admin) = (&mut solo.node, solo.port, solo.admin);
     let idle = rss_kib(node.pid);
 
     // Open them all, each with its own message echoed back.
@@ -74,14 +62,7 @@ async fn thousands_of_connections_are_served_then_reset_on_lock_loss() {
 
     // The lock goes: every connection is reset, the listener refuses.
     let lost = Instant::now();
-    let (code, body) = http(
-        admin,
-        "POST",
-        "/locks/clients-lock/step-down?hold-off-ms=600000",
-        &[],
-    )
-    .await;
-    assert_eq!(code, 200, "{body}");
+    admin_post(admin, "/locks/clients-lock/step-down?hold-off-ms=600000").await;
     node.wait_standby("released: step_down").await;
     assert!(
         try_connect(port, Duration::from_secs(1)).await.is_none(),
@@ -104,8 +85,7 @@ async fn thousands_of_connections_are_served_then_reset_on_lock_loss() {
     drop(conns);
 
     // It comes back: new connections work.
-    let (code, body) = http(admin, "POST", "/locks/clients-lock/resume", &[]).await;
-    assert_eq!(code, 200, "{body}");
+    admin_post(admin, "/locks/clients-lock/resume").await;
     node.wait_active().await;
     wait_serving(port).await;
     let after = rss_kib(node.pid);

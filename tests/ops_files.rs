@@ -96,15 +96,7 @@ fn text(out: &Output) -> String {
 /// `systemd-analyze`, or `None` (with a note) when it is not installed; under `CI` its absence
 /// fails the test.
 fn systemd_analyze() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("systemd-analyze"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        skip::skipped("systemd-analyze is not installed (apt-get install -y systemd)");
-    }
-    found
+    skip::tool("systemd-analyze", "systemd")
 }
 
 /// The units copied into a temporary folder with their binary path pointing at the binary this
@@ -720,15 +712,7 @@ const ALERT_TESTS: &str = "config/prometheus/lockgate-alerts.test.yml";
 
 /// `promtool` on PATH, or `None` after a visible "skipped" (a failure under CI).
 fn promtool() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("promtool"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        skip::skipped("promtool is not installed (apt-get install -y prometheus)");
-    }
-    found
+    skip::tool("promtool", "prometheus")
 }
 
 /// (alert name, expression) of every rule, read line by line (the file is ours: `- alert:`

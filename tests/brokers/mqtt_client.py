@@ -144,6 +144,23 @@ class Failover:
         self.index = 0
         self.client_id = client_id
         self.clean = clean
+        self.conn = None
+
+    def turns(self):
+        """Yields (conn, new) until stopped: the open connection, or (new=True) a fresh one
+        after `lost`; ends when no node takes a connection."""
+        while not stop.is_set():
+            new = self.conn is None
+            if new:
+                self.conn = self.connect()
+                if self.conn is None:
+                    return
+            yield self.conn, new
+
+    def close(self):
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
 
     def connect(self):
         while not stop.is_set():
@@ -157,6 +174,7 @@ class Failover:
     def lost(self, conn):
         say("lost %d %s" % (conn.port, conn.lost or "timeout"))
         conn.close()
+        self.conn = None
         self.index = (self.index + 1) % len(self.ports)
         time.sleep(RECONNECT_DELAY)
 
@@ -164,29 +182,22 @@ class Failover:
 def publisher(ports, interval, wait_bridge):
     fo = Failover(ports, PUB_ID, clean=True)
     i = 1
-    conn = None
-    while not stop.is_set():
-        if conn is None:
-            conn = fo.connect()
-            if conn is None:
-                break
-            if wait_bridge:
-                # The broker's own bridge notification: retained "1" while the bridge is up.
-                up = threading.Event()
-                conn.on_message = lambda m: m.payload == b"1" and up.set()
-                if not conn.subscribe("$SYS/broker/connection/%s/state" % wait_bridge):
-                    fo.lost(conn)
-                    conn = None
-                    continue
-                while not up.is_set() and not stop.is_set() and conn.step():
-                    pass
-                if not up.is_set():
-                    fo.lost(conn)
-                    conn = None
-                    continue
-                conn.on_message = None
-                say("bridge up")
-                wait_bridge = None
+    for conn, new in fo.turns():
+        if new and wait_bridge:
+            # The broker's own bridge notification: retained "1" while the bridge is up.
+            up = threading.Event()
+            conn.on_message = lambda m: m.payload == b"1" and up.set()
+            if not conn.subscribe("$SYS/broker/connection/%s/state" % wait_bridge):
+                fo.lost(conn)
+                continue
+            while not up.is_set() and not stop.is_set() and conn.step():
+                pass
+            if not up.is_set():
+                fo.lost(conn)
+                continue
+            conn.on_message = None
+            say("bridge up")
+            wait_bridge = None
         info = conn.client.publish(TOPIC, payload(i), qos=1)
         deadline = time.monotonic() + PUBACK_BOUND
         ok = info.rc == mqtt.MQTT_ERR_SUCCESS
@@ -195,7 +206,6 @@ def publisher(ports, interval, wait_bridge):
         if not ok:
             # Not acknowledged: send it again through the next node.
             fo.lost(conn)
-            conn = None
             continue
         say("ack %d %d" % (i, conn.port))
         i += 1
@@ -205,20 +215,14 @@ def publisher(ports, interval, wait_bridge):
             pass
         if conn.lost:
             fo.lost(conn)
-            conn = None
-    if conn is not None:
-        conn.close()
+    fo.close()
     say("done")
 
 
 def subscriber(ports, provision):
     fo = Failover(ports, SUB_ID, clean=False)
-    conn = None
-    while not stop.is_set():
-        if conn is None:
-            conn = fo.connect()
-            if conn is None:
-                break
+    for conn, new in fo.turns():
+        if new:
             port = conn.port
 
             def on_message(m, port=port):
@@ -232,18 +236,13 @@ def subscriber(ports, provision):
             if provision or not conn.session_present:
                 if not conn.subscribe(TOPIC):
                     fo.lost(conn)
-                    conn = None
                     continue
             if provision:
                 say("provisioned %d %d" % (conn.port, conn.session_present))
-                conn.close()
-                conn = None
                 break
         if not conn.step():
             fo.lost(conn)
-            conn = None
-    if conn is not None:
-        conn.close()
+    fo.close()
     say("done")
 
 

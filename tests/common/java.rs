@@ -19,6 +19,10 @@ pub fn sources() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/artemis")
 }
 
+/// The options of every test JVM but Artemis's brokers: a small heap, the serial collector,
+/// C1 only (2 cores, shared).
+pub const SMALL_JVM: [&str; 3] = ["-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"];
+
 fn missing(what: &str, hint: &str) -> bool {
     super::skip::skipped(&format!("{what} is missing ({hint})"));
     false
@@ -181,18 +185,14 @@ impl Jvm {
         }
     }
 
-    /// `java -Xmx256m -XX:+UseSerialGC -cp CP CLASS ARGS...` (small heap: 2 cores, shared).
+    /// `java SMALL_JVM -cp CP CLASS ARGS...`.
     pub fn java(name: &str, classpath: &str, class: &str, args: &[&str], dir: &Path) -> Jvm {
         let mut cmd = Command::new("java");
-        cmd.args([
-            "-Xmx256m",
-            "-XX:+UseSerialGC",
-            "-XX:TieredStopAtLevel=1",
-            "-cp",
-        ])
-        .arg(classpath)
-        .arg(class)
-        .args(args);
+        cmd.args(SMALL_JVM)
+            .arg("-cp")
+            .arg(classpath)
+            .arg(class)
+            .args(args);
         Jvm::spawn(name, cmd, dir)
     }
 

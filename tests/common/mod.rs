@@ -18,9 +18,13 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+pub mod commands;
+pub mod config_file;
 pub mod java;
 pub mod netns;
 pub mod skip;
+pub mod solo;
+pub mod toml_text;
 pub mod zk;
 
 /// The bound on every wait in these tests: generous, only there so a broken build fails

@@ -72,9 +72,9 @@ fn sweep_orphans() {
         if pid == std::process::id() as i32 {
             continue;
         }
-        // SAFETY: kill with signal 0 only checks whether the process exists.
-        let gone = unsafe { libc::kill(pid, 0) } != 0
-            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        let gone = rustix::process::Pid::from_raw(pid).is_some_and(|pid| {
+            rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH)
+        });
         if gone {
             let _ = Command::new("ip").args(["netns", "del", &name]).status();
         }
@@ -168,17 +168,8 @@ impl Net {
     /// Makes `cmd` run in `host`'s namespace. Keep the returned file until it has spawned.
     pub fn enter_on_spawn(&self, host: &str, cmd: &mut tokio::process::Command) -> File {
         let f = File::open(format!("/run/netns/{}", self.ns(host))).unwrap();
-        let fd = f.as_raw_fd();
-        // SAFETY: setns(2) is a plain system call, safe between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
+        // SAFETY: the hook only calls setns(2), a plain system call, safe between fork and exec.
+        unsafe { cmd.pre_exec(enter_ns(f.as_raw_fd())) };
         f
     }
 
@@ -186,17 +177,8 @@ impl Net {
     pub fn enter_on_spawn_std(&self, host: &str, cmd: &mut Command) -> File {
         use std::os::unix::process::CommandExt;
         let f = File::open(format!("/run/netns/{}", self.ns(host))).unwrap();
-        let fd = f.as_raw_fd();
         // SAFETY: as above.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
+        unsafe { cmd.pre_exec(enter_ns(f.as_raw_fd())) };
         f
     }
 }
@@ -213,6 +195,18 @@ impl Drop for Net {
                 .args(["netns", "del", ns])
                 .stderr(Stdio::null())
                 .status();
+        }
+    }
+}
+
+/// A `pre_exec` hook: the child enters the network namespace open as `fd`.
+fn enter_ns(fd: std::os::fd::RawFd) -> impl FnMut() -> std::io::Result<()> + Send + Sync {
+    move || {
+        // SAFETY: setns(2) on a descriptor the parent keeps open until the spawn returned.
+        if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
         }
     }
 }
@@ -618,18 +612,13 @@ impl NsEnsemble {
             let log_path = e._dir.path().join(format!("zk{i}.log"));
             let log = File::create(&log_path).unwrap();
             let mut cmd = Command::new("java");
-            cmd.args([
-                "-Xmx256m",
-                "-XX:+UseSerialGC",
-                "-XX:TieredStopAtLevel=1",
-                "-cp",
-                &super::zk::JARS.join(":"),
-            ])
-            .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
+            cmd.args(super::java::SMALL_JVM)
+                .args(["-cp", &super::zk::JARS.join(":")])
+                .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
+                .arg(&path)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log);
             let keep = net.enter_on_spawn_std(h, &mut cmd);
             e.children.push(Some(cmd.spawn().unwrap()));
             drop(keep);
@@ -657,17 +646,7 @@ impl NsEnsemble {
     /// Server `i`'s mode (`leader`, `follower`), from `srvr`; `None` if it does not serve.
     pub fn mode(&self, i: usize) -> Option<String> {
         let addr = SocketAddr::from((self.addrs[i], ZK_PORT));
-        within_ns(Some(&self.probe_ns), move || {
-            use std::io::{Read, Write};
-            let mut s =
-                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-            s.write_all(b"srvr").ok()?;
-            let mut out = String::new();
-            s.read_to_string(&mut out).ok()?;
-            out.lines()
-                .find_map(|l| l.strip_prefix("Mode: ").map(str::to_owned))
-        })
+        within_ns(Some(&self.probe_ns), move || super::zk::srvr_mode(addr))
     }
 
     pub async fn wait_serving(&self, i: usize) {

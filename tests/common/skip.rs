@@ -35,3 +35,20 @@ pub fn skipped(why: &str) {
         let _ = writeln!(f, "{line}");
     }
 }
+
+/// `tool`'s path: found on PATH, or `tool` itself when it is a path to a file. Missing, the
+/// test is reported skipped ("<tool> is not installed (apt-get install -y <package>)"), and
+/// `None`.
+pub fn tool(tool: &str, package: &str) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(tool))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        skipped(&format!(
+            "{tool} is not installed (apt-get install -y {package})"
+        ));
+    }
+    found
+}

@@ -212,13 +212,14 @@ impl Drop for Ensemble {
     }
 }
 
-/// `srvr` four-letter word: the server's mode, if it serves.
+/// `srvr` four-letter word: the mode of the server on loopback port `port`, if it serves.
 fn mode(port: u16) -> Option<String> {
-    let mut s = std::net::TcpStream::connect_timeout(
-        &([127, 0, 0, 1], port).into(),
-        Duration::from_millis(500),
-    )
-    .ok()?;
+    srvr_mode(([127, 0, 0, 1], port).into())
+}
+
+/// `srvr` four-letter word: the mode of the server at `addr`, if it serves.
+pub fn srvr_mode(addr: std::net::SocketAddr) -> Option<String> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
     s.write_all(b"srvr").ok()?;
     let mut out = String::new();
