@@ -460,18 +460,26 @@ mod tests {
 
     async fn take(l: &mut FileLock, node: &str) -> u64 {
         l.contend(node, 0);
+        arrives(l).await
+    }
+
+    /// The term of the lock once it arrives to a contending `l`.
+    async fn arrives(l: &mut FileLock) -> u64 {
         tokio::time::timeout(Duration::from_secs(10), l.acquired())
             .await
             .unwrap()
             .unwrap()
     }
 
+    fn closed() -> crate::gate::Closed {
+        crate::gate::Closed::initially()
+    }
+
     #[tokio::test]
     async fn the_standby_gets_the_lock_when_the_holder_releases() {
         let dir = tempfile::tempdir().unwrap();
         let t = Duration::from_secs(5);
-        let mut a = FileLock::new(dir.path(), "l", t);
-        let mut b = FileLock::new(dir.path(), "l", t);
+        let [mut a, mut b] = [0, 1].map(|_| FileLock::new(dir.path(), "l", t));
         assert_eq!(take(&mut a, "a").await, 1);
         b.contend("b", 0);
         // b waits while a holds.
@@ -485,32 +493,27 @@ mod tests {
             Observed::Held(Some(r)) => assert_eq!((r.term, r.node_id.as_str()), (1, "a")),
             other => panic!("unexpected {other:?}"),
         }
-        a.release(&crate::gate::Closed::initially()).await;
+        a.release(&closed()).await;
         // Terms grow across holders: b's follows a's record.
-        let term = tokio::time::timeout(Duration::from_secs(10), b.acquired())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(term, 2);
+        assert_eq!(arrives(&mut b).await, 2);
     }
 
     #[tokio::test]
     async fn a_lock_arriving_after_withdraw_is_released_and_the_thread_reused() {
         let dir = tempfile::tempdir().unwrap();
         let t = Duration::from_secs(5);
-        let mut a = FileLock::new(dir.path(), "l", t);
-        let mut b = FileLock::new(dir.path(), "l", t);
+        let [mut a, mut b] = [0, 1].map(|_| FileLock::new(dir.path(), "l", t));
         take(&mut a, "a").await;
         for _ in 0..20 {
             b.contend("b", 0);
             b.withdraw();
         }
         assert!(b.waiting(), "one waiter stays blocked");
-        a.release(&crate::gate::Closed::initially()).await;
+        a.release(&closed()).await;
         // b's waiter gets the lock, finds nobody wants it, releases it and ends; then a can
         // take it again.
         assert_eq!(take(&mut a, "a").await, 2);
-        a.release(&crate::gate::Closed::initially()).await;
+        a.release(&closed()).await;
         let mut c = FileLock::new(dir.path(), "l", t);
         assert_eq!(take(&mut c, "c").await, 3);
     }
@@ -539,12 +542,8 @@ mod tests {
         }
         let mut b = FileLock::new(dir.path(), "l", t);
         b.contend("b", 0);
-        a.release(&crate::gate::Closed::initially()).await;
-        let term = tokio::time::timeout(Duration::from_secs(10), b.acquired())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(term, 2);
+        a.release(&closed()).await;
+        assert_eq!(arrives(&mut b).await, 2);
         // Dropping the holder frees the lock.
         drop(b);
         let mut c = FileLock::new(dir.path(), "l", t);

@@ -499,12 +499,18 @@ mod tests {
         assert!(!is_loopback("broker-b:61626"));
     }
 
+    /// A listener bound as a route's is, one client connected to it, and the accepted socket
+    /// with the client's address.
+    async fn accepted() -> (TcpListener, TcpStream, TcpStream, SocketAddr) {
+        let l = bind("127.0.0.1:0".parse().unwrap(), Duration::from_millis(7000)).unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, peer) = l.accept().await.unwrap();
+        (l, client, s, peer)
+    }
+
     #[tokio::test]
     async fn accepted_sockets_inherit_nodelay_keepalive_and_user_timeout() {
-        let l = bind("127.0.0.1:0".parse().unwrap(), Duration::from_millis(7000)).unwrap();
-        let addr = l.local_addr().unwrap();
-        let _c = TcpStream::connect(addr).await.unwrap();
-        let (s, _) = l.accept().await.unwrap();
+        let (_l, _c, s, _) = accepted().await;
         let r = SockRef::from(&s);
         assert!(s.nodelay().unwrap());
         assert!(r.keepalive().unwrap());
@@ -546,10 +552,8 @@ mod tests {
     /// timeouts, whose shared stamps and boxed timer pointer added 64 B.
     #[tokio::test]
     async fn a_connection_future_stays_small() {
-        let l = bind("127.0.0.1:0".parse().unwrap(), Duration::from_millis(7000)).unwrap();
+        let (l, _c, s, peer) = accepted().await;
         let addr = l.local_addr().unwrap();
-        let _c = TcpStream::connect(addr).await.unwrap();
-        let (s, peer) = l.accept().await.unwrap();
         let cfg = crate::config::Config::from_str(
             &format!(
                 "[[route]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nforward-to = \"{addr}\"\n"
