@@ -30,7 +30,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
 use crate::config::CoordinatorConfig;
 use crate::gate::{self, Closed, Gate};
@@ -161,9 +161,21 @@ impl<G: Gate> Coordinator<G> {
 
     /// Runs until `shutdown`; then closes the gate and releases the lock if held. A drain in
     /// progress when `shutdown` fires is cut short (its connections are reset).
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    ///
+    /// Runs in a span `lock{lock=<name>}`, which every event of the task (its gate's and its
+    /// lock backend's included) carries.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let span = info_span!("lock", lock = %self.cfg.name);
+        self.drive(shutdown).instrument(span).await
+    }
+
+    async fn drive(mut self, shutdown: CancellationToken) {
         let name = self.cfg.name.clone();
-        info!(lock = %name, path = %self.lock.describe(), check_period_ms = self.cfg.check_period.as_millis() as u64, "lock coordinator started");
+        info!(
+            path = %self.lock.describe(),
+            check_period_ms = self.cfg.check_period.as_millis() as u64,
+            "lock coordinator started"
+        );
         m::register_lock(&name, !self.is_file());
         // The locks folder was there when the config was loaded.
         self.file_backend_up(true);
@@ -218,7 +230,7 @@ impl<G: Gate> Coordinator<G> {
             self.handle(event, reply, &shutdown).await;
         }
         self.lock.settle().await;
-        info!(lock = %name, "lock coordinator stopped");
+        info!("lock coordinator stopped");
     }
 
     /// Turns a backend report into an event; the error is kept to be logged later.
@@ -266,12 +278,12 @@ impl<G: Gate> Coordinator<G> {
             let (after, actions) = before.next(event);
             self.machine = after;
             self.published = false;
-            debug!(lock = %self.cfg.name, ?event, from = ?before.phase, to = ?after.phase, "transition");
+            debug!(?event, from = ?before.phase, to = ?after.phase, "transition");
             if matches!(event, Event::StepDown { .. }) && before.holds() {
-                info!(lock = %self.cfg.name, term = before.term, "stepping down");
+                info!(term = before.term, "stepping down");
             }
             if event == Event::Resume {
-                info!(lock = %self.cfg.name, "resuming contention");
+                info!("resuming contention");
             }
             for action in actions.iter() {
                 if let Some(caused) = self.execute(action, shutdown).await {
@@ -287,7 +299,6 @@ impl<G: Gate> Coordinator<G> {
 
     /// Executes one action; returns the event it caused, if any.
     async fn execute(&mut self, action: Action, shutdown: &CancellationToken) -> Option<Event> {
-        let name = self.cfg.name.clone();
         match action {
             Action::Contend { last_term } => {
                 self.lock.contend(&self.node_id, last_term);
@@ -322,7 +333,12 @@ impl<G: Gate> Coordinator<G> {
                     Err(e) => {
                         // `open` left nothing bound; make that the proof.
                         self.closed = Some(gate::close(&mut self.gate, "bind_failed").await);
-                        error!(lock = %name, term, error = %e, "cannot open a gated route after acquiring the lock; releasing it so the peer can serve");
+                        error!(
+                            term,
+                            error = %e,
+                            "cannot open a gated route after acquiring the lock; releasing it so \
+                             the peer can serve"
+                        );
                         Some(Event::OpenFailed)
                     }
                 }
@@ -338,7 +354,12 @@ impl<G: Gate> Coordinator<G> {
                 if let Release::Lost(reason) = why {
                     // Fenced: now say why; giving back what is left may take a while.
                     let error = self.lost.take().map(|e| e.to_string()).unwrap_or_default();
-                    warn!(lock = %name, term = self.machine.term, reason, error = %error, "lock lost: gated routes fenced");
+                    warn!(
+                        term = self.machine.term,
+                        reason,
+                        error = %error,
+                        "lock lost: gated routes fenced"
+                    );
                     self.ended_holding();
                     self.record_transition("standby", reason);
                     self.publish_standby(&format!("lost: {reason}"));
@@ -347,11 +368,15 @@ impl<G: Gate> Coordinator<G> {
             }
             Action::DrainGate { drain } => {
                 if self.closed.is_none() {
-                    info!(lock = %name, term = self.machine.term, drain_ms = drain.as_millis() as u64, "draining for a step-down");
+                    info!(
+                        term = self.machine.term,
+                        drain_ms = drain.as_millis() as u64,
+                        "draining for a step-down"
+                    );
                     let closed = tokio::select! {
                         c = gate::drain(&mut self.gate, drain) => c,
                         _ = shutdown.cancelled() => {
-                            info!(lock = %name, "shutdown during a step-down drain: resetting what is left");
+                            info!("shutdown during a step-down drain: resetting what is left");
                             gate::close(&mut self.gate, "shutdown").await
                         }
                     };
@@ -365,7 +390,7 @@ impl<G: Gate> Coordinator<G> {
                     None => {
                         // Unreachable through `Machine::next`; the lock still waits for the
                         // gate.
-                        error!(lock = %name, "release asked with the gate open; closing it first");
+                        error!("release asked with the gate open; closing it first");
                         gate::close(&mut self.gate, why.reason()).await
                     }
                 };
@@ -374,10 +399,14 @@ impl<G: Gate> Coordinator<G> {
                 match why {
                     Release::Lost(_) => {}
                     Release::Unwanted => {
-                        debug!(lock = %name, "a lock that arrived unwanted was given back")
+                        debug!("a lock that arrived unwanted was given back")
                     }
                     why => {
-                        info!(lock = %name, term = self.machine.term, reason = why.reason(), "lock released");
+                        info!(
+                            term = self.machine.term,
+                            reason = why.reason(),
+                            "lock released"
+                        );
                         self.ended_holding();
                         self.record_transition("standby", why.reason());
                         self.publish_standby(&format!("released: {}", why.reason()));
@@ -418,7 +447,12 @@ impl<G: Gate> Coordinator<G> {
         let open_us = started.elapsed().as_micros() as u64;
         self.last_error = None;
         self.file_backend_up(true);
-        info!(lock = %name, term, reason = "acquired", open_us, "lock acquired: gated routes are open");
+        info!(
+            term,
+            reason = "acquired",
+            open_us,
+            "lock acquired: gated routes are open"
+        );
         if let Some(since) = self.contend_since.take() {
             metrics::histogram!(m::FAILOVER_SECONDS, "lock" => name.clone())
                 .record(since.elapsed().as_secs_f64());
@@ -439,10 +473,10 @@ impl<G: Gate> Coordinator<G> {
             .increment(1);
         let text = e.to_string();
         if self.last_error.as_ref() != Some(&text) {
-            warn!(lock = %name, error = %text, "cannot contend for the lock; retrying every check-period");
+            warn!(error = %text, "cannot contend for the lock; retrying every check-period");
             self.last_error = Some(text);
         } else {
-            debug!(lock = %name, error = %text, "still cannot contend for the lock");
+            debug!(error = %text, "still cannot contend for the lock");
         }
     }
 

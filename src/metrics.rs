@@ -80,7 +80,9 @@ pub fn describe() {
     );
     describe_gauge!(
         LOCK_BACKEND_UP,
-        "1 while the lock service is reachable: ZooKeeper, a session is connected; file, the last attempt or check on the locks folder completed (0 after an I/O error, an I/O timeout or a missing folder)."
+        "1 while the lock service is reachable: ZooKeeper, a session is connected; file, the last \
+         attempt or check on the locks folder completed (0 after an I/O error, an I/O timeout or \
+         a missing folder)."
     );
     describe_histogram!(
         FAILOVER_SECONDS,
@@ -97,15 +99,18 @@ pub fn describe() {
     );
     describe_counter!(
         HEALTH_CHECK_LOCAL_ERRORS,
-        "Health probes that could not run for a local reason (out of file descriptors or memory on this node); they count neither for nor against the broker."
+        "Health probes that could not run for a local reason (out of file descriptors or memory \
+         on this node); they count neither for nor against the broker."
     );
     describe_counter!(
         HEALTH_CHECK_TRIGGERED,
-        "Health probes started at once by a gated route's refused or reset connect to its upstream (observe-connects); the probes, not the connect, decide."
+        "Health probes started at once by a gated route's refused or reset connect to its \
+         upstream (observe-connects); the probes, not the connect, decide."
     );
     describe_counter!(
         ADMIN_CONNECTIONS_REFUSED,
-        "Admin connections closed on arrival, by reason: limit (max-connections reached), fd_reserve (the process is near its descriptor limit)."
+        "Admin connections closed on arrival, by reason: limit (max-connections reached), \
+         fd_reserve (the process is near its descriptor limit)."
     );
     describe_gauge!(ROUTE_LISTENING, "1 while the route's listener is bound.");
     describe_counter!(
@@ -120,7 +125,10 @@ pub fn describe() {
     );
     describe_counter!(
         CONNECTIONS_TIMED_OUT,
-        "Connections closed by a route timeout, by reason: client_inactive, server_inactive, tunnel_inactive (client-, server-, tunnel-timeout-ms), half_close (half-close-timeout-ms), peer_unresponsive (tcp-user-timeout-ms or keepalive: the kernel gave up on a leg)."
+        "Connections closed by a route timeout, by reason: client_inactive, server_inactive, \
+         tunnel_inactive (client-, server-, tunnel-timeout-ms), half_close \
+         (half-close-timeout-ms), peer_unresponsive (tcp-user-timeout-ms or keepalive: the kernel \
+         gave up on a leg)."
     );
     describe_counter!(
         FORWARDED_BYTES,
@@ -147,7 +155,8 @@ pub fn describe() {
     );
     describe_counter!(
         LOCK_IDENTITY_CHANGES,
-        "Reloads that changed what names a lock (lock-id, type, locks-folder, connect-string, namespace): until every node agrees, two nodes may each hold a lock of that name."
+        "Reloads that changed what names a lock (lock-id, type, locks-folder, connect-string, \
+         namespace): until every node agrees, two nodes may each hold a lock of that name."
     );
     describe_gauge!(
         BUILD_INFO,

@@ -172,9 +172,11 @@ impl FileLock {
         st.waiting = true;
         drop(st);
         let (path, handoff) = (self.path.clone(), self.handoff.clone());
+        // The waiter logs in its coordinator's span.
+        let span = tracing::Span::current();
         let spawned = std::thread::Builder::new()
             .name("lockgate-flock".to_owned())
-            .spawn(move || wait_for_lock(&path, &handoff));
+            .spawn(move || span.in_scope(|| wait_for_lock(&path, &handoff)));
         if let Err(e) = spawned {
             let mut st = self.handoff.lock();
             st.waiting = false;
@@ -252,7 +254,11 @@ impl FileLock {
             .await;
         let path = self.display();
         if let Err(e) = unlock {
-            tracing::warn!(file = %path, error = %e, "could not unlock the lock file; it is freed when the file closes");
+            tracing::warn!(
+                file = %path,
+                error = %e,
+                "could not unlock the lock file; it is freed when the file closes"
+            );
         }
     }
 }
@@ -318,7 +324,10 @@ fn block_until_locked(path: &Path, handoff: &Handoff) -> Result<Option<Held>, Lo
             Ok(()) => {}
             Err(e) if is_contended(&e) => {
                 if !said_standby {
-                    tracing::info!(file = %path.display(), "lock is held elsewhere: standing by, waiting on the lock");
+                    tracing::info!(
+                        file = %path.display(),
+                        "lock is held elsewhere: standing by, waiting on the lock"
+                    );
                     said_standby = true;
                 }
                 fs2::FileExt::lock_exclusive(&file).map_err(&err)?;
@@ -371,7 +380,11 @@ fn take_fcntl_lock(file: &File, path: &Path, said_standby: &mut bool) -> Result<
         Err(e) => return Err(err(e.into())),
     }
     if !*said_standby {
-        tracing::info!(file = %path.display(), "lock file is locked with fcntl by another process (a broker's own file lock?): standing by, waiting on the lock");
+        tracing::info!(
+            file = %path.display(),
+            "lock file is locked with fcntl by another process (a broker's own file lock?): \
+             standing by, waiting on the lock"
+        );
         *said_standby = true;
     }
     loop {

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tracing::{debug, warn};
+use tracing::{Instrument as _, debug, info_span, warn};
 use zookeeper_client as zk;
 
 use super::{LockError, Observed, OwnerRecord, unix_ms_now};
@@ -117,7 +117,8 @@ impl ZkLock {
             lease: lease.clone(),
             failed: None,
         };
-        let task = tokio::spawn(session.run());
+        // Its own task, so its own span: the same as its coordinator's.
+        let task = tokio::spawn(session.run().instrument(info_span!("lock", lock = %name)));
         ZkLock {
             path,
             desired,
@@ -189,7 +190,10 @@ impl ZkLock {
                     Some(ZkEvent::Lost { generation, error }) if Some(generation) == self.held => {
                         return error;
                     }
-                    Some(stale) => debug!(event = ?stale, "ignoring a ZooKeeper lock event while holding"),
+                    Some(stale) => debug!(
+                        event = ?stale,
+                        "ignoring a ZooKeeper lock event while holding"
+                    ),
                     None => return std::future::pending().await,
                 },
                 _ = tokio::time::sleep(remaining) => {}
@@ -241,7 +245,11 @@ impl ZkLock {
         let confirmed =
             tokio::time::timeout(self.release_wait, released.wait_for(|g| *g >= generation)).await;
         if !matches!(confirmed, Ok(Ok(_))) {
-            warn!(path = %self.path, "ZooKeeper did not confirm the release in time; the session's end will free the lock");
+            warn!(
+                path = %self.path,
+                "ZooKeeper did not confirm the release in time; the session's end will free the \
+                 lock"
+            );
         }
     }
 }

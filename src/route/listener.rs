@@ -12,7 +12,7 @@ use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::{Instrument as _, debug, info_span, warn};
 
 use crate::config::{ProxyProtocol, RouteConfig};
 use crate::forward::{self, Counters};
@@ -260,7 +260,8 @@ fn timed_out(e: &forward::ForwardError) -> Option<&'static str> {
 }
 
 /// Accepts until `stop` (then drops the listener: new connects are refused). Each connection
-/// runs on `tracker` and is reset when `kill` fires.
+/// runs on `tracker`, in a span `conn{peer=<address>}` (a child of the route's), and is reset
+/// when `kill` fires.
 pub async fn accept_loop(
     listener: Arc<TcpListener>,
     route: Arc<RouteRuntime>,
@@ -269,7 +270,6 @@ pub async fn accept_loop(
     tracker: TaskTracker,
     lease: Lease,
 ) {
-    let name = route.cfg.name.as_str();
     let mut backoff = Duration::ZERO;
     loop {
         let accepted = tokio::select! {
@@ -281,22 +281,14 @@ pub async fn accept_loop(
             Ok((stream, peer)) => {
                 backoff = Duration::ZERO;
                 route.connections.increment(1);
-                tracker.spawn(serve(
-                    stream,
-                    peer,
-                    route.clone(),
-                    kill.clone(),
-                    lease.clone(),
-                ));
+                let conn = serve(stream, peer, route.clone(), kill.clone(), lease.clone());
+                tracker.spawn(conn.instrument(info_span!("conn", %peer)));
             }
             // The listener was shut under us: not an error, the end.
             Err(_) if stop.is_cancelled() => break,
             Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {
                 route.accept_errors_other.increment(1);
-                debug!(
-                    route = name,
-                    "a client gave up before its connection was accepted"
-                );
+                debug!("a client gave up before its connection was accepted");
             }
             Err(e) => {
                 if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
@@ -305,7 +297,11 @@ pub async fn accept_loop(
                     route.accept_errors_other.increment(1);
                 }
                 backoff = (backoff * 2).clamp(ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX);
-                warn!(route = name, error = %explain(&e), backoff_ms = backoff.as_millis() as u64, "cannot accept a connection; backing off");
+                warn!(
+                    error = %explain(&e),
+                    backoff_ms = backoff.as_millis() as u64,
+                    "cannot accept a connection; backing off"
+                );
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(backoff) => {}
@@ -434,7 +430,13 @@ async fn serve(
             }
             route.connect_errors[cause as usize].increment(1);
             if let Some(failures) = route.connect_error_log.event(cause) {
-                warn!(route = name, %peer, upstream = %route.cfg.forward_to, error = %explain(&e), failures, "cannot connect to the upstream; closing the client's connection (failures: how many since the last such line)");
+                warn!(
+                    upstream = %route.cfg.forward_to,
+                    error = %explain(&e),
+                    failures,
+                    "cannot connect to the upstream; closing the client's connection (failures: \
+                     how many since the last such line)"
+                );
             }
             reset(downstream);
             return;
@@ -442,7 +444,13 @@ async fn serve(
         Err(_) => {
             route.connect_errors[ConnectFailure::Timeout as usize].increment(1);
             if let Some(failures) = route.connect_error_log.event(ConnectFailure::Timeout) {
-                warn!(route = name, %peer, upstream = %route.cfg.forward_to, timeout_ms = route.cfg.connect_timeout.as_millis() as u64, failures, "upstream did not answer the connect in time; closing the client's connection (failures: how many since the last such line)");
+                warn!(
+                    upstream = %route.cfg.forward_to,
+                    timeout_ms = route.cfg.connect_timeout.as_millis() as u64,
+                    failures,
+                    "upstream did not answer the connect in time; closing the client's connection \
+                     (failures: how many since the last such line)"
+                );
             }
             reset(downstream);
             return;
@@ -468,13 +476,18 @@ async fn serve(
     };
     match result {
         Some(Ok(t)) => {
-            debug!(route = name, %peer, to_upstream = t.to_upstream, to_downstream = t.to_downstream, spliced = t.spliced, "connection closed");
+            debug!(
+                to_upstream = t.to_upstream,
+                to_downstream = t.to_downstream,
+                spliced = t.spliced,
+                "connection closed"
+            );
         }
         Some(Err(e)) => {
             if let Some(reason) = timed_out(&e) {
                 metrics::counter!(m::CONNECTIONS_TIMED_OUT, "route" => name.to_owned(), "reason" => reason).increment(1);
             }
-            debug!(route = name, %peer, error = %e, "connection ended abnormally; resetting both legs");
+            debug!(error = %e, "connection ended abnormally; resetting both legs");
             reset(downstream);
             reset(upstream);
         }

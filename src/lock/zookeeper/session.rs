@@ -88,7 +88,11 @@ impl Session {
                     metrics::counter!(LOCK_BACKEND_ERRORS, "lock" => self.name.clone(), "reason" => "unreachable").increment(1);
                     let text = e.to_string();
                     if text != last_error {
-                        warn!(lock = %self.name, connect_string = %self.cfg.connect_string, error = %text, "cannot reach ZooKeeper; open routes keep serving, retrying");
+                        warn!(
+                            connect_string = %self.cfg.connect_string,
+                            error = %text,
+                            "cannot reach ZooKeeper; open routes keep serving, retrying"
+                        );
                         last_error = text;
                     }
                     let desired = self.desired.borrow().clone();
@@ -124,7 +128,6 @@ impl Session {
         };
         let f = self.fencing(&client);
         info!(
-            lock = %self.name,
             session_ms = f.session.as_millis() as u64,
             connection_ms = f.connection.as_millis() as u64,
             fence_after_ms = f.fence_after.as_millis() as u64,
@@ -132,7 +135,10 @@ impl Session {
             "ZooKeeper session established"
         );
         if !f.is_safe() {
-            error!(lock = %self.name, "the negotiated session timeout leaves no safe fencing margin; fencing at once on any disconnection");
+            error!(
+                "the negotiated session timeout leaves no safe fencing margin; fencing at once on \
+                 any disconnection"
+            );
         }
         let options = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
         match client.mkdir(&self.path, &options).await {
@@ -148,7 +154,7 @@ impl Session {
     /// Reports that contending failed, once per generation.
     fn fail(&mut self, generation: u64, error: LockError) {
         if self.failed == Some(generation) {
-            debug!(lock = %self.name, error = %error, "contending still fails");
+            debug!(error = %error, "contending still fails");
             return;
         }
         self.failed = Some(generation);
@@ -166,7 +172,7 @@ impl Session {
         let prefix = format!("{}/{}", self.path, session_tag(client));
         let (_, seq) = client.create(&prefix, record.as_bytes(), &options).await?;
         let path = format!("{prefix}{seq}");
-        info!(lock = %self.name, node = %path, "contending for the lock");
+        info!(node = %path, "contending for the lock");
         Ok(Node {
             path,
             seq: seq.into_i64(),
@@ -188,7 +194,7 @@ impl Session {
                     // or we would wait for ourselves.
                     match client.delete(&format!("{}/{c}", self.path), None).await {
                         Ok(()) | Err(zk::Error::NoNode) => {
-                            info!(lock = %self.name, node = %c, "deleted an orphaned contender node of this session");
+                            info!(node = %c, "deleted an orphaned contender node of this session");
                         }
                         Err(e) => return Err(e),
                     }
@@ -206,7 +212,7 @@ impl Session {
             let pred = format!("{}/{}", self.path, seqs[i - 1].1);
             let (stat, watcher) = client.check_and_watch_stat(&pred).await?;
             if stat.is_some() {
-                debug!(lock = %self.name, predecessor = %pred, "waiting for the predecessor");
+                debug!(predecessor = %pred, "waiting for the predecessor");
                 return Ok(Position::Behind(Box::pin(watcher.changed())));
             }
         }
@@ -217,7 +223,7 @@ impl Session {
             Ok((Some(_), w)) => Some(Box::pin(w.changed())),
             Ok((None, _)) => None,
             Err(e) => {
-                debug!(lock = %self.name, error = %e, "cannot watch our own node");
+                debug!(error = %e, "cannot watch our own node");
                 None
             }
         }
@@ -295,7 +301,7 @@ impl<'a> Serving<'a> {
         for path in self.stale.drain(..) {
             match self.client.delete(&path, None).await {
                 Ok(()) | Err(zk::Error::NoNode) => {
-                    info!(lock = %self.session.name, node = %path, "stale contender node deleted");
+                    info!(node = %path, "stale contender node deleted");
                 }
                 Err(_) => left.push(path),
             }
@@ -352,15 +358,18 @@ impl<'a> Serving<'a> {
         self.own = None;
         self.predecessor = None;
         self.renewal = None;
-        let name = &self.session.name;
         match self.client.delete(&n.path, None).await {
             Ok(()) | Err(zk::Error::NoNode) => {
-                info!(lock = %name, node = %n.path, "contender node deleted");
+                info!(node = %n.path, "contender node deleted");
                 self.session.released.send_replace(generation);
             }
             Err(e) => {
                 // Not released yet: the release waits (bounded) and says so.
-                warn!(lock = %name, node = %n.path, error = %e, "cannot delete our contender node now; retrying when connected");
+                warn!(
+                    node = %n.path,
+                    error = %e,
+                    "cannot delete our contender node now; retrying when connected"
+                );
                 self.stale.push(n.path);
             }
         }
@@ -384,7 +393,7 @@ impl<'a> Serving<'a> {
                 if session_over(self.client) {
                     return Then::End;
                 }
-                debug!(lock = %self.session.name, error = %e, "cannot read the contenders; retrying when reconnected");
+                debug!(error = %e, "cannot read the contenders; retrying when reconnected");
             }
         }
         Then::Wait
@@ -413,7 +422,7 @@ impl<'a> Serving<'a> {
                     .send(ZkEvent::Acquired { generation, term });
             }
             Err(e) => {
-                debug!(lock = %self.session.name, error = %e, "cannot write the owner record; retrying")
+                debug!(error = %e, "cannot write the owner record; retrying")
             }
         }
     }
@@ -429,7 +438,7 @@ impl<'a> Serving<'a> {
             }
             s = self.state.changed() => return self.session_state(s),
             e = fired(&mut self.predecessor), if self.predecessor.is_some() => {
-                debug!(lock = %self.session.name, event = ?e.event_type, "predecessor changed");
+                debug!(event = ?e.event_type, "predecessor changed");
                 self.predecessor = None;
             }
             e = fired(&mut self.own), if self.own.is_some() => self.own_node_changed(e).await,
@@ -446,7 +455,6 @@ impl<'a> Serving<'a> {
 
     /// The session's connection went, came back, or the session ended.
     fn session_state(&mut self, state: zk::SessionState) -> Then {
-        let name = &self.session.name;
         match state {
             zk::SessionState::Disconnected => {
                 self.connected = false;
@@ -457,15 +465,19 @@ impl<'a> Serving<'a> {
                     // recent.
                     self.session.lease.cap(now_ns(), self.fence_after);
                     let fence_after_ms = self.fence_after.as_millis() as u64;
-                    warn!(lock = %name, fence_after_ms, "disconnected from ZooKeeper while holding the lock; fencing unless it comes back in time");
+                    warn!(
+                        fence_after_ms,
+                        "disconnected from ZooKeeper while holding the lock; fencing unless it \
+                         comes back in time"
+                    );
                 } else {
-                    warn!(lock = %name, "disconnected from ZooKeeper");
+                    warn!("disconnected from ZooKeeper");
                 }
             }
             zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
                 self.connected = true;
                 self.disconnected_at = None;
-                info!(lock = %name, "reconnected to ZooKeeper");
+                info!("reconnected to ZooKeeper");
                 if self.holding {
                     // Confirm our node before trusting the lock again.
                     self.renew();
@@ -473,7 +485,7 @@ impl<'a> Serving<'a> {
                 self.predecessor = None;
             }
             terminal => {
-                warn!(lock = %name, state = ?terminal, "ZooKeeper session ended; starting a new one");
+                warn!(state = ?terminal, "ZooKeeper session ended; starting a new one");
                 self.session.lease.revoke();
                 if let Some(n) = self.node.as_ref().filter(|_| self.holding) {
                     let _ = self.session.events.send(ZkEvent::Lost {
@@ -540,7 +552,7 @@ impl<'a> Serving<'a> {
             }
             Ok(_) => {}
             Err(e) => {
-                debug!(lock = %self.session.name, error = %e, "ZooKeeper renewal failed; the lease keeps running down")
+                debug!(error = %e, "ZooKeeper renewal failed; the lease keeps running down")
             }
         }
     }
@@ -554,7 +566,7 @@ impl<'a> Serving<'a> {
         let Some(n) = self.node.as_ref() else {
             return;
         };
-        warn!(lock = %self.session.name, node = %n.path, error = %error, "ZooKeeper lock lost");
+        warn!(node = %n.path, error = %error, "ZooKeeper lock lost");
         let _ = self.session.events.send(ZkEvent::Lost {
             generation: n.generation,
             error,
