@@ -15,12 +15,18 @@
 //! only with a [`gate::Closed`], the proof that the gate's listeners are shut and every
 //! connection they carried is gone; a loss detected under us (lease ran out, node deleted,
 //! file replaced, storage hung) fences first, then logs.
+//!
+//! One verb per meaning, here and in the lock backends: *close* the gate (at once, or by a
+//! drain); *release* the lock (give it back, only with a [`gate::Closed`]); *lose* it (it went
+//! away by itself: lease ran out, node deleted, file replaced); *withdraw* (stop contending,
+//! never giving back a lock already held). [`StandbyReason`] says why a node closes and
+//! releases.
 
 mod machine;
 
 pub use machine::{
     Action, Actions, BIND_FAILURE_HOLD_OFF_PERIODS, ERROR_HOLD_OFF_PERIODS, Event, HoldOff,
-    Machine, Phase, Release,
+    Machine, Phase, StandbyReason,
 };
 
 use std::collections::VecDeque;
@@ -35,7 +41,10 @@ use tracing::{Instrument as _, debug, error, info, info_span, warn};
 use crate::config::CoordinatorConfig;
 use crate::gate::{self, Closed, Gate};
 use crate::lock::{Lock, LockError, LockEvent};
-use crate::metrics as m;
+use crate::metrics::{
+    FAILOVER_SECONDS, LOCK_BACKEND_ERRORS, LOCK_BACKEND_UP, LOCK_HELD, LOCK_HELD_SECONDS,
+    LOCK_TERM, LOCK_TRANSITIONS,
+};
 use crate::systemd;
 
 /// What the admin endpoint asks of a coordinator.
@@ -176,7 +185,7 @@ impl<G: Gate> Coordinator<G> {
             check_period_ms = self.cfg.check_period.as_millis() as u64,
             "lock coordinator started"
         );
-        m::register_lock(&name, !self.is_file());
+        crate::metrics::register_lock(&name, !self.is_file());
         // The locks folder was there when the config was loaded.
         self.file_backend_up(true);
         self.publish_standby("starting");
@@ -346,12 +355,12 @@ impl<G: Gate> Coordinator<G> {
             Action::CloseGate(why) => {
                 if self.closed.is_none() {
                     let label = match why {
-                        Release::Lost(_) => "lock_lost",
+                        StandbyReason::Lost(_) => "lock_lost",
                         other => other.reason(),
                     };
                     self.closed = Some(gate::close(&mut self.gate, label).await);
                 }
-                if let Release::Lost(reason) = why {
+                if let StandbyReason::Lost(reason) = why {
                     // Fenced: now say why; giving back what is left may take a while.
                     let error = self.lost.take().map(|e| e.to_string()).unwrap_or_default();
                     warn!(
@@ -397,8 +406,8 @@ impl<G: Gate> Coordinator<G> {
                 self.lock.release(&closed).await;
                 self.closed = Some(closed);
                 match why {
-                    Release::Lost(_) => {}
-                    Release::Unwanted => {
+                    StandbyReason::Lost(_) => {}
+                    StandbyReason::Unwanted => {
                         debug!("a lock that arrived unwanted was given back")
                     }
                     why => {
@@ -454,13 +463,13 @@ impl<G: Gate> Coordinator<G> {
             "lock acquired: gated routes are open"
         );
         if let Some(since) = self.contend_since.take() {
-            metrics::histogram!(m::FAILOVER_SECONDS, "lock" => name.clone())
+            metrics::histogram!(FAILOVER_SECONDS, "lock" => name.clone())
                 .record(since.elapsed().as_secs_f64());
         }
         self.held_since = Some((Instant::now(), 0));
         self.record_transition("active", "acquired");
-        metrics::gauge!(m::LOCK_HELD, "lock" => name.clone()).set(1.0);
-        metrics::gauge!(m::LOCK_TERM, "lock" => name.clone()).set(term as f64);
+        metrics::gauge!(LOCK_HELD, "lock" => name.clone()).set(1.0);
+        metrics::gauge!(LOCK_TERM, "lock" => name.clone()).set(term as f64);
         systemd::status(&format!("lock {name}: active term {term}"));
         self.publish("active", "active".to_owned(), "acquired".to_owned());
     }
@@ -469,7 +478,7 @@ impl<G: Gate> Coordinator<G> {
     fn acquire_error(&mut self, e: LockError) {
         self.file_backend_seen(e.reason());
         let name = &self.cfg.name;
-        metrics::counter!(m::LOCK_BACKEND_ERRORS, "lock" => name.clone(), "reason" => e.reason())
+        metrics::counter!(LOCK_BACKEND_ERRORS, "lock" => name.clone(), "reason" => e.reason())
             .increment(1);
         let text = e.to_string();
         if self.last_error.as_ref() != Some(&text) {
@@ -502,7 +511,7 @@ impl<G: Gate> Coordinator<G> {
     /// `lockgate_lock_backend_up` of a file lock (ZooKeeper's session task sets its own).
     fn file_backend_up(&self, up: bool) {
         if self.is_file() {
-            metrics::gauge!(m::LOCK_BACKEND_UP, "lock" => self.cfg.name.clone()).set(if up {
+            metrics::gauge!(LOCK_BACKEND_UP, "lock" => self.cfg.name.clone()).set(if up {
                 1.0
             } else {
                 0.0
@@ -523,13 +532,13 @@ impl<G: Gate> Coordinator<G> {
     }
 
     fn record_transition(&self, to: &'static str, reason: &'static str) {
-        metrics::counter!(m::LOCK_TRANSITIONS, "lock" => self.cfg.name.clone(), "to" => to, "reason" => reason)
+        metrics::counter!(LOCK_TRANSITIONS, "lock" => self.cfg.name.clone(), "to" => to, "reason" => reason)
             .increment(1);
     }
 
     fn publish_standby(&mut self, why: &str) {
         self.published = true;
-        metrics::gauge!(m::LOCK_HELD, "lock" => self.cfg.name.clone()).set(0.0);
+        metrics::gauge!(LOCK_HELD, "lock" => self.cfg.name.clone()).set(0.0);
         systemd::status(&format!("lock {}: standby ({why})", self.cfg.name));
         self.publish("standby", format!("standby ({why})"), why.to_owned());
     }
@@ -554,7 +563,7 @@ impl<G: Gate> Coordinator<G> {
         if let Some((since, counted)) = self.held_since.as_mut() {
             let whole = since.elapsed().as_secs();
             if whole > *counted {
-                metrics::counter!(m::LOCK_HELD_SECONDS, "lock" => self.cfg.name.clone())
+                metrics::counter!(LOCK_HELD_SECONDS, "lock" => self.cfg.name.clone())
                     .increment(whole - *counted);
                 *counted = whole;
             }

@@ -20,10 +20,10 @@ pub trait Gate: Send {
     fn open(&mut self, term: u64, lease: Lease) -> impl Future<Output = Result<(), String>> + Send;
     /// Closes every listener (reverse order) and resets every connection they carried;
     /// returns only when none is left. `reason` labels the killed connections. Idempotent.
-    fn shut(&mut self, reason: &'static str) -> impl Future<Output = ()> + Send;
+    fn close(&mut self, reason: &'static str) -> impl Future<Output = ()> + Send;
     /// A planned switchover: closes every listener, lets connections finish for up to
     /// `drain`, then resets the rest; returns only when none is left.
-    fn shut_draining(&mut self, drain: Duration) -> impl Future<Output = ()> + Send;
+    fn close_draining(&mut self, drain: Duration) -> impl Future<Output = ()> + Send;
 }
 
 /// Proof that a gate is closed: no listener bound, no connection left.
@@ -39,13 +39,13 @@ impl Closed {
 
 /// Closes the gate at once (listeners, then a reset of every connection) and awaits it.
 pub async fn close<G: Gate>(gate: &mut G, reason: &'static str) -> Closed {
-    gate.shut(reason).await;
+    gate.close(reason).await;
     Closed(())
 }
 
 /// Closes the listeners, drains connections for up to `drain`, resets the rest, and awaits
 /// it.
 pub async fn drain<G: Gate>(gate: &mut G, drain: Duration) -> Closed {
-    gate.shut_draining(drain).await;
+    gate.close_draining(drain).await;
     Closed(())
 }

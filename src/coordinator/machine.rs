@@ -22,9 +22,11 @@ pub enum Phase {
     Stopped,
 }
 
-/// Why the gate closes and the lock is given back.
+/// Why this node goes to (or stays in) standby: why its gate closes and its lock is given
+/// back. [`StandbyReason::reason`] is the `reason` of `to="standby"` transitions, the word after
+/// "released:" in the standby status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Release {
+pub enum StandbyReason {
     /// The local broker failed its health check.
     Health,
     /// A gated route could not bind; the peer should serve instead.
@@ -39,16 +41,16 @@ pub enum Release {
     Unwanted,
 }
 
-impl Release {
+impl StandbyReason {
     /// The metric label and the log's short word.
     pub fn reason(self) -> &'static str {
         match self {
-            Release::Health => "health",
-            Release::BindFailed => "bind_failed",
-            Release::Shutdown => "shutdown",
-            Release::StepDown => "step_down",
-            Release::Lost(reason) => reason,
-            Release::Unwanted => "unwanted",
+            StandbyReason::Health => "health",
+            StandbyReason::BindFailed => "bind_failed",
+            StandbyReason::Shutdown => "shutdown",
+            StandbyReason::StepDown => "step_down",
+            StandbyReason::Lost(reason) => reason,
+            StandbyReason::Unwanted => "unwanted",
         }
     }
 }
@@ -103,11 +105,11 @@ pub enum Action {
     /// Bind the gated routes.
     OpenGate { term: u64 },
     /// Close the gate at once: listeners, then a reset of every connection.
-    CloseGate(Release),
+    CloseGate(StandbyReason),
     /// Close the listeners, drain connections for up to `drain`, then reset the rest.
     DrainGate { drain: Duration },
     /// Give the lock back; only with the gate closed.
-    ReleaseLock(Release),
+    ReleaseLock(StandbyReason),
     /// Confirm the lock is still ours.
     Check,
     /// Start (or restart) the hold-off timer.
@@ -203,7 +205,10 @@ impl Machine {
             (Stopped, _) => self.stay(),
             (Active { .. }, Event::Shutdown) => self.to(
                 Stopped,
-                &[CloseGate(Release::Shutdown), ReleaseLock(Release::Shutdown)],
+                &[
+                    CloseGate(StandbyReason::Shutdown),
+                    ReleaseLock(StandbyReason::Shutdown),
+                ],
             ),
             (Contending, Event::Shutdown) => self.to(Stopped, &[Withdraw]),
             (_, Event::Shutdown) => self.to(Stopped, &[]),
@@ -222,7 +227,10 @@ impl Machine {
             }
             .to(
                 Idle,
-                &[CloseGate(Release::Health), ReleaseLock(Release::Health)],
+                &[
+                    CloseGate(StandbyReason::Health),
+                    ReleaseLock(StandbyReason::Health),
+                ],
             ),
 
             (Contending, Event::Acquired { term }) => {
@@ -230,7 +238,7 @@ impl Machine {
             }
             // Arrived while nobody wanted it (the gate is closed): give it back now.
             (Idle | HoldingOff, Event::Acquired { .. }) => {
-                (self, Actions::of(&[ReleaseLock(Release::Unwanted)]))
+                (self, Actions::of(&[ReleaseLock(StandbyReason::Unwanted)]))
             }
             (Active { .. }, Event::Acquired { .. }) => self.stay(),
 
@@ -244,16 +252,16 @@ impl Machine {
             (_, Event::AcquireFailed) => self.stay(),
 
             (Active { .. }, Event::Lost { reason }) => self.standby(&[
-                CloseGate(Release::Lost(reason)),
-                ReleaseLock(Release::Lost(reason)),
+                CloseGate(StandbyReason::Lost(reason)),
+                ReleaseLock(StandbyReason::Lost(reason)),
             ]),
             (_, Event::Lost { .. }) => self.stay(),
 
             (Active { .. }, Event::OpenFailed) => self.to(
                 HoldingOff,
                 &[
-                    CloseGate(Release::BindFailed),
-                    ReleaseLock(Release::BindFailed),
+                    CloseGate(StandbyReason::BindFailed),
+                    ReleaseLock(StandbyReason::BindFailed),
                     StartHoldOff(HoldOff::Periods(BIND_FAILURE_HOLD_OFF_PERIODS)),
                 ],
             ),
@@ -266,7 +274,7 @@ impl Machine {
                 HoldingOff,
                 &[
                     DrainGate { drain },
-                    ReleaseLock(Release::StepDown),
+                    ReleaseLock(StandbyReason::StepDown),
                     StartHoldOff(HoldOff::For(hold_off)),
                 ],
             ),
@@ -299,7 +307,8 @@ mod tests {
     const D: Duration = Duration::from_millis(100);
     const H: Duration = Duration::from_millis(5000);
 
-    fn m(phase: Phase, healthy: bool) -> Machine {
+    /// A machine in `phase` with term 3.
+    fn at(phase: Phase, healthy: bool) -> Machine {
         Machine {
             phase,
             healthy,
@@ -314,61 +323,64 @@ mod tests {
         let active = Active { term: 3 };
         let table: Vec<(Machine, Event, Phase, Vec<Action>)> = vec![
             (
-                m(Idle, false),
+                at(Idle, false),
                 Event::Health(true),
                 Contending,
                 vec![Contend { last_term: 3 }],
             ),
-            (m(Idle, false), Event::Health(false), Idle, vec![]),
+            (at(Idle, false), Event::Health(false), Idle, vec![]),
             (
-                m(Contending, true),
+                at(Contending, true),
                 Event::Health(false),
                 Idle,
                 vec![Withdraw],
             ),
             (
-                m(Contending, true),
+                at(Contending, true),
                 Event::Acquired { term: 4 },
                 Active { term: 4 },
                 vec![OpenGate { term: 4 }],
             ),
             (
-                m(Contending, true),
+                at(Contending, true),
                 Event::AcquireFailed,
                 HoldingOff,
                 vec![Withdraw, StartHoldOff(HoldOff::Periods(1))],
             ),
             (
-                m(active, true),
+                at(active, true),
                 Event::Health(false),
                 Idle,
-                vec![CloseGate(Release::Health), ReleaseLock(Release::Health)],
+                vec![
+                    CloseGate(StandbyReason::Health),
+                    ReleaseLock(StandbyReason::Health),
+                ],
             ),
             (
-                m(active, true),
+                at(active, true),
                 Event::Lost {
                     reason: "lease_expired",
                 },
                 Contending,
                 vec![
-                    CloseGate(Release::Lost("lease_expired")),
-                    ReleaseLock(Release::Lost("lease_expired")),
+                    CloseGate(StandbyReason::Lost("lease_expired")),
+                    ReleaseLock(StandbyReason::Lost("lease_expired")),
                     Contend { last_term: 3 },
                 ],
             ),
             (
-                m(active, true),
+                at(active, true),
                 Event::OpenFailed,
                 HoldingOff,
                 vec![
-                    CloseGate(Release::BindFailed),
-                    ReleaseLock(Release::BindFailed),
+                    CloseGate(StandbyReason::BindFailed),
+                    ReleaseLock(StandbyReason::BindFailed),
                     StartHoldOff(HoldOff::Periods(2)),
                 ],
             ),
-            (m(active, true), Event::Tick, active, vec![Check]),
+            (at(active, true), Event::Tick, active, vec![Check]),
             (
-                m(active, true),
+                at(active, true),
                 Event::StepDown {
                     drain: D,
                     hold_off: H,
@@ -376,12 +388,12 @@ mod tests {
                 HoldingOff,
                 vec![
                     DrainGate { drain: D },
-                    ReleaseLock(Release::StepDown),
+                    ReleaseLock(StandbyReason::StepDown),
                     StartHoldOff(HoldOff::For(H)),
                 ],
             ),
             (
-                m(Contending, true),
+                at(Contending, true),
                 Event::StepDown {
                     drain: D,
                     hold_off: H,
@@ -390,7 +402,7 @@ mod tests {
                 vec![Withdraw, StartHoldOff(HoldOff::For(H))],
             ),
             (
-                m(Idle, false),
+                at(Idle, false),
                 Event::StepDown {
                     drain: D,
                     hold_off: H,
@@ -399,46 +411,49 @@ mod tests {
                 vec![StartHoldOff(HoldOff::For(H))],
             ),
             (
-                m(HoldingOff, true),
+                at(HoldingOff, true),
                 Event::HoldOffEnded,
                 Contending,
                 vec![Contend { last_term: 3 }],
             ),
-            (m(HoldingOff, false), Event::HoldOffEnded, Idle, vec![]),
+            (at(HoldingOff, false), Event::HoldOffEnded, Idle, vec![]),
             (
-                m(HoldingOff, true),
+                at(HoldingOff, true),
                 Event::Resume,
                 Contending,
                 vec![CancelHoldOff, Contend { last_term: 3 }],
             ),
             (
-                m(HoldingOff, true),
+                at(HoldingOff, true),
                 Event::Acquired { term: 9 },
                 HoldingOff,
-                vec![ReleaseLock(Release::Unwanted)],
+                vec![ReleaseLock(StandbyReason::Unwanted)],
             ),
             (
-                m(Idle, false),
+                at(Idle, false),
                 Event::Acquired { term: 9 },
                 Idle,
-                vec![ReleaseLock(Release::Unwanted)],
+                vec![ReleaseLock(StandbyReason::Unwanted)],
             ),
             (
-                m(active, true),
+                at(active, true),
                 Event::Shutdown,
                 Stopped,
-                vec![CloseGate(Release::Shutdown), ReleaseLock(Release::Shutdown)],
+                vec![
+                    CloseGate(StandbyReason::Shutdown),
+                    ReleaseLock(StandbyReason::Shutdown),
+                ],
             ),
             (
-                m(Contending, true),
+                at(Contending, true),
                 Event::Shutdown,
                 Stopped,
                 vec![Withdraw],
             ),
-            (m(HoldingOff, true), Event::Shutdown, Stopped, vec![]),
-            (m(Stopped, true), Event::Health(false), Stopped, vec![]),
+            (at(HoldingOff, true), Event::Shutdown, Stopped, vec![]),
+            (at(Stopped, true), Event::Health(false), Stopped, vec![]),
             (
-                m(Contending, true),
+                at(Contending, true),
                 Event::Lost { reason: "x" },
                 Contending,
                 vec![],
@@ -482,7 +497,7 @@ mod tests {
         for phase in [Idle, HoldingOff, Contending, Active { term: 3 }, Stopped] {
             for healthy in [false, true] {
                 for event in all_events() {
-                    let from = m(phase, healthy);
+                    let from = at(phase, healthy);
                     let (to, actions) = from.next(event);
                     let list = actions.to_vec();
                     let close = list

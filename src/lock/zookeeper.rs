@@ -81,7 +81,7 @@ pub struct ZkLock {
     desired: watch::Sender<Desired>,
     events: mpsc::UnboundedReceiver<ZkEvent>,
     /// The last generation whose node the task has deleted (or never created).
-    released: watch::Receiver<u64>,
+    deleted: watch::Receiver<u64>,
     lease: Lease,
     /// The generation we hold the lock in.
     held: Option<u64>,
@@ -104,7 +104,7 @@ impl ZkLock {
         let path = lock_path(cfg, lock_id);
         let (desired, desired_rx) = watch::channel(Desired::default());
         let (events_tx, events) = mpsc::unbounded_channel();
-        let (released_tx, released) = watch::channel(0);
+        let (deleted_tx, deleted) = watch::channel(0);
         let lease = Lease::revoked();
         let session = Session {
             cfg: cfg.clone(),
@@ -113,7 +113,7 @@ impl ZkLock {
             check_period,
             desired: desired_rx,
             events: events_tx,
-            released: released_tx,
+            deleted: deleted_tx,
             lease: lease.clone(),
             failed: None,
         };
@@ -123,7 +123,7 @@ impl ZkLock {
             path,
             desired,
             events,
-            released,
+            deleted,
             lease,
             held: None,
             release_wait: cfg.connection.min(Duration::from_secs(2)),
@@ -241,9 +241,9 @@ impl ZkLock {
             return;
         }
         let generation = self.desired.borrow().generation;
-        let mut released = self.released.clone();
+        let mut deleted = self.deleted.clone();
         let confirmed =
-            tokio::time::timeout(self.release_wait, released.wait_for(|g| *g >= generation)).await;
+            tokio::time::timeout(self.release_wait, deleted.wait_for(|g| *g >= generation)).await;
         if !matches!(confirmed, Ok(Ok(_))) {
             warn!(
                 path = %self.path,

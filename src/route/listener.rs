@@ -17,7 +17,10 @@ use tracing::{Instrument as _, debug, info_span, warn};
 use crate::config::{ProxyProtocol, RouteConfig};
 use crate::forward::{self, Counters};
 use crate::lease::Lease;
-use crate::metrics as m;
+use crate::metrics::{
+    ACCEPT_ERRORS, CONNECTIONS, CONNECTIONS_ACTIVE, CONNECTIONS_TIMED_OUT, FORWARDED_BYTES,
+    ROUTE_LISTENING, UPSTREAM_CONNECT_ERRORS, UPSTREAM_CONNECT_SECONDS,
+};
 
 /// Pending connections the kernel queues for us.
 const BACKLOG: i32 = 1024;
@@ -121,22 +124,22 @@ impl RouteRuntime {
         suspicion: Option<crate::health::Suspicion>,
     ) -> Arc<RouteRuntime> {
         let r = cfg.name.clone();
-        m::register_route(&r, cfg.lock.is_some());
+        crate::metrics::register_route(&r, cfg.lock.is_some());
         Arc::new(RouteRuntime {
             counters: Counters {
-                to_upstream: metrics::counter!(m::FORWARDED_BYTES, "route" => r.clone(), "direction" => "to_upstream"),
-                to_downstream: metrics::counter!(m::FORWARDED_BYTES, "route" => r.clone(), "direction" => "to_downstream"),
+                to_upstream: metrics::counter!(FORWARDED_BYTES, "route" => r.clone(), "direction" => "to_upstream"),
+                to_downstream: metrics::counter!(FORWARDED_BYTES, "route" => r.clone(), "direction" => "to_downstream"),
             },
-            connections: metrics::counter!(m::CONNECTIONS, "route" => r.clone()),
-            active: metrics::gauge!(m::CONNECTIONS_ACTIVE, "route" => r.clone()),
-            listening: metrics::gauge!(m::ROUTE_LISTENING, "route" => r.clone()),
-            accept_errors_fd: metrics::counter!(m::ACCEPT_ERRORS, "route" => r.clone(), "reason" => "out_of_fds"),
-            accept_errors_other: metrics::counter!(m::ACCEPT_ERRORS, "route" => r.clone(), "reason" => "other"),
+            connections: metrics::counter!(CONNECTIONS, "route" => r.clone()),
+            active: metrics::gauge!(CONNECTIONS_ACTIVE, "route" => r.clone()),
+            listening: metrics::gauge!(ROUTE_LISTENING, "route" => r.clone()),
+            accept_errors_fd: metrics::counter!(ACCEPT_ERRORS, "route" => r.clone(), "reason" => "out_of_fds"),
+            accept_errors_other: metrics::counter!(ACCEPT_ERRORS, "route" => r.clone(), "reason" => "other"),
             connect_errors: ConnectFailure::ALL.map(|c| {
-                metrics::counter!(m::UPSTREAM_CONNECT_ERRORS, "route" => r.clone(), "reason" => c.reason())
+                metrics::counter!(UPSTREAM_CONNECT_ERRORS, "route" => r.clone(), "reason" => c.reason())
             }),
             connect_error_log: LogLimiter::default(),
-            connect_seconds: metrics::histogram!(m::UPSTREAM_CONNECT_SECONDS, "route" => r),
+            connect_seconds: metrics::histogram!(UPSTREAM_CONNECT_SECONDS, "route" => r),
             active_now: AtomicU64::new(0),
             listening_now: AtomicBool::new(false),
             upstream_is_loopback: is_loopback(&cfg.forward_to),
@@ -485,7 +488,7 @@ async fn serve(
         }
         Some(Err(e)) => {
             if let Some(reason) = timed_out(&e) {
-                metrics::counter!(m::CONNECTIONS_TIMED_OUT, "route" => name.to_owned(), "reason" => reason).increment(1);
+                metrics::counter!(CONNECTIONS_TIMED_OUT, "route" => name.to_owned(), "reason" => reason).increment(1);
             }
             debug!(error = %e, "connection ended abnormally; resetting both legs");
             reset(downstream);

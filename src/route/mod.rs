@@ -19,7 +19,7 @@ use tracing::{Instrument as _, Span, info, info_span, warn};
 
 use crate::gate::Gate;
 use crate::lease::Lease;
-use crate::metrics as m;
+use crate::metrics::{CONNECTIONS_KILLED, ROUTE_BIND_ERRORS};
 use listener::RouteRuntime;
 
 /// A bound listener and the connections it carries. Dropping it (even in a panic) stops the
@@ -89,7 +89,7 @@ impl Bound {
         let left = self.conns.len();
         if left > 0 {
             let route = self.route.cfg.name.clone();
-            metrics::counter!(m::CONNECTIONS_KILLED, "route" => route, "reason" => reason)
+            metrics::counter!(CONNECTIONS_KILLED, "route" => route, "reason" => reason)
                 .increment(left as u64);
             self.span
                 .in_scope(|| info!(connections = left, reason, "resetting connections"));
@@ -191,7 +191,7 @@ impl Gate for GatedRoutes {
             match Bound::bind(route, lease.clone()) {
                 Ok(b) => self.bound.push(b),
                 Err(e) => {
-                    metrics::counter!(m::ROUTE_BIND_ERRORS, "route" => route.cfg.name.clone(), "reason" => m::bind_reason(&e))
+                    metrics::counter!(ROUTE_BIND_ERRORS, "route" => route.cfg.name.clone(), "reason" => crate::metrics::bind_reason(&e))
                         .increment(1);
                     let message = format!(
                         "route \"{}\": cannot listen on {}: {}",
@@ -199,7 +199,7 @@ impl Gate for GatedRoutes {
                         route.cfg.listen,
                         listener::explain(&e)
                     );
-                    self.shut("bind_failed").await;
+                    self.close("bind_failed").await;
                     return Err(message);
                 }
             }
@@ -207,13 +207,13 @@ impl Gate for GatedRoutes {
         Ok(())
     }
 
-    async fn shut(&mut self, reason: &'static str) {
+    async fn close(&mut self, reason: &'static str) {
         while let Some(b) = self.bound.pop() {
             b.close(reason).await;
         }
     }
 
-    async fn shut_draining(&mut self, drain: Duration) {
+    async fn close_draining(&mut self, drain: Duration) {
         // Every listener first (reverse order), then one shared drain window.
         for b in self.bound.iter_mut().rev() {
             b.stop_accepting().await;

@@ -33,7 +33,8 @@ pub(super) struct Session {
     pub(super) check_period: Duration,
     pub(super) desired: watch::Receiver<Desired>,
     pub(super) events: mpsc::UnboundedSender<ZkEvent>,
-    pub(super) released: watch::Sender<u64>,
+    /// The last generation whose node is gone (deleted, or never created).
+    pub(super) deleted: watch::Sender<u64>,
     pub(super) lease: Lease,
     /// The last generation a failure was reported for: one report per contention, so failures
     /// do not pile up while the coordinator holds off.
@@ -99,7 +100,7 @@ impl Session {
                     if desired.want {
                         self.fail(desired.generation, LockError::Unreachable(e.to_string()));
                     }
-                    self.released.send_replace(desired.generation);
+                    self.deleted.send_replace(desired.generation);
                     attempts += 1;
                     let wait = if attempts <= self.cfg.retries {
                         self.cfg.retries_wait
@@ -350,7 +351,7 @@ impl<'a> Serving<'a> {
     /// Not wanted: fence, delete our node, and say so once it is gone.
     async fn delete_node(&mut self, generation: u64) {
         let Some(n) = self.node.take() else {
-            self.session.released.send_replace(generation);
+            self.session.deleted.send_replace(generation);
             return;
         };
         self.session.lease.revoke();
@@ -361,7 +362,7 @@ impl<'a> Serving<'a> {
         match self.client.delete(&n.path, None).await {
             Ok(()) | Err(zk::Error::NoNode) => {
                 info!(node = %n.path, "contender node deleted");
-                self.session.released.send_replace(generation);
+                self.session.deleted.send_replace(generation);
             }
             Err(e) => {
                 // Not released yet: the release waits (bounded) and says so.
