@@ -2,7 +2,7 @@
 //!
 //! Recorded through the `metrics` facade into a Prometheus recorder installed once at start
 //! ([`install`]); the admin server renders it at `GET /metrics`. Labels: `lock`, `route`,
-//! `reason`, `direction`, `to`, `version`, `commit`. Hot paths hold pre-built handles. Every
+//! `reason`, `direction`, `side`, `to`, `version`, `commit`. Hot paths hold pre-built handles. Every
 //! series of a lock or route is created at 0 when it starts ([`register_lock`],
 //! [`register_route`]).
 
@@ -28,6 +28,7 @@ pub const CONNECTIONS: &str = "lockgate_connections_total";
 pub const CONNECTIONS_KILLED: &str = "lockgate_connections_killed_total";
 pub const CONNECTIONS_TIMED_OUT: &str = "lockgate_connections_timed_out_total";
 pub const FORWARDED_BYTES: &str = "lockgate_forwarded_bytes_total";
+pub const FORWARD_ERRORS: &str = "lockgate_forward_errors_total";
 pub const UPSTREAM_CONNECT_ERRORS: &str = "lockgate_upstream_connect_errors_total";
 pub const UPSTREAM_CONNECT_SECONDS: &str = "lockgate_upstream_connect_seconds";
 pub const ACCEPT_ERRORS: &str = "lockgate_accept_errors_total";
@@ -136,6 +137,11 @@ pub fn describe() {
         "Bytes forwarded, by direction."
     );
     describe_counter!(
+        FORWARD_ERRORS,
+        "Connections that ended on a failed read or write, by the side that failed: client or \
+         upstream (a reset, an unreachable peer); counted once per connection."
+    );
+    describe_counter!(
         UPSTREAM_CONNECT_ERRORS,
         "Failed connects to the upstream, by reason."
     );
@@ -197,6 +203,8 @@ pub const TIMEOUT_REASONS: &[&str] = &[
     "half_close",
     "peer_unresponsive",
 ];
+/// The `side` of `lockgate_forward_errors_total`.
+pub const FORWARD_ERROR_SIDES: &[&str] = &["client", "upstream"];
 pub const BIND_ERROR_REASONS: &[&str] = &[
     "addr_in_use",
     "addr_not_available",
@@ -256,6 +264,9 @@ pub fn register_route(route: &str, gated: bool) {
     }
     for reason in BIND_ERROR_REASONS {
         metrics::counter!(ROUTE_BIND_ERRORS, "route" => r(), "reason" => *reason).increment(0);
+    }
+    for side in FORWARD_ERROR_SIDES {
+        metrics::counter!(FORWARD_ERRORS, "route" => r(), "side" => *side).increment(0);
     }
 }
 

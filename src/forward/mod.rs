@@ -52,6 +52,16 @@ pub enum Side {
     Upstream,
 }
 
+impl Side {
+    /// The `side` label of `lockgate_forward_errors_total`: "client" or "upstream".
+    pub fn label(self) -> &'static str {
+        match self {
+            Side::Downstream => "client",
+            Side::Upstream => "upstream",
+        }
+    }
+}
+
 impl std::fmt::Display for Side {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

@@ -15,11 +15,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument as _, debug, info_span, warn};
 
 use crate::config::{ProxyProtocol, RouteConfig};
-use crate::forward::{self, Counters};
+use crate::forward::{self, Counters, Side};
 use crate::lease::Lease;
 use crate::metrics::{
-    ACCEPT_ERRORS, CONNECTIONS, CONNECTIONS_ACTIVE, CONNECTIONS_TIMED_OUT, FORWARDED_BYTES,
-    ROUTE_LISTENING, UPSTREAM_CONNECT_ERRORS, UPSTREAM_CONNECT_SECONDS,
+    ACCEPT_ERRORS, CONNECTIONS, CONNECTIONS_ACTIVE, CONNECTIONS_TIMED_OUT, FORWARD_ERRORS,
+    FORWARDED_BYTES, ROUTE_LISTENING, UPSTREAM_CONNECT_ERRORS, UPSTREAM_CONNECT_SECONDS,
 };
 
 /// Pending connections the kernel queues for us.
@@ -43,6 +43,8 @@ pub struct RouteRuntime {
     connect_seconds: Histogram,
     /// `lockgate_upstream_connect_errors_total` by cause: refused, error, timeout.
     connect_errors: [Counter; 3],
+    /// `lockgate_forward_errors_total` by the side that failed: client, upstream.
+    forward_errors: [Counter; 2],
     /// At most one WARN line per cause per second for failed upstream connects.
     connect_error_log: LogLimiter,
     /// Readable copies of the gauges, for the admin endpoint.
@@ -138,6 +140,9 @@ impl RouteRuntime {
             connect_errors: ConnectFailure::ALL.map(|c| {
                 metrics::counter!(UPSTREAM_CONNECT_ERRORS, "route" => r.clone(), "reason" => c.reason())
             }),
+            forward_errors: [Side::Downstream, Side::Upstream].map(|s| {
+                metrics::counter!(FORWARD_ERRORS, "route" => r.clone(), "side" => s.label())
+            }),
             connect_error_log: LogLimiter::default(),
             connect_seconds: metrics::histogram!(UPSTREAM_CONNECT_SECONDS, "route" => r),
             active_now: AtomicU64::new(0),
@@ -146,6 +151,15 @@ impl RouteRuntime {
             suspicion,
             cfg,
         })
+    }
+
+    /// Counts a connection that ended on a failed read or write of `side`.
+    fn forward_failed(&self, side: Side) {
+        let [client, upstream] = &self.forward_errors;
+        match side {
+            Side::Downstream => client.increment(1),
+            Side::Upstream => upstream.increment(1),
+        }
     }
 
     pub fn set_listening(&self, on: bool) {
@@ -372,7 +386,7 @@ async fn send_proxy_v2(
     let local = downstream
         .local_addr()
         .map_err(|source| forward::ForwardError::Io {
-            side: forward::Side::Downstream,
+            side: Side::Downstream,
             source,
         })?;
     let header = forward::proxy_protocol::v2_header(peer, local);
@@ -487,6 +501,9 @@ async fn serve(
             );
         }
         Some(Err(e)) => {
+            if let forward::ForwardError::Io { side, .. } = &e {
+                route.forward_failed(*side);
+            }
             if let Some(reason) = timed_out(&e) {
                 metrics::counter!(CONNECTIONS_TIMED_OUT, "route" => name.to_owned(), "reason" => reason).increment(1);
             }
