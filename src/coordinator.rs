@@ -532,7 +532,8 @@ impl<G: Gate> Coordinator<G> {
     }
 
     fn record_transition(&self, to: &'static str, reason: &'static str) {
-        metrics::counter!(LOCK_TRANSITIONS, "lock" => self.cfg.name.clone(), "to" => to, "reason" => reason)
+        let lock = self.cfg.name.clone();
+        metrics::counter!(LOCK_TRANSITIONS, "lock" => lock, "to" => to, "reason" => reason)
             .increment(1);
     }
 

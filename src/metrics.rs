@@ -2,8 +2,8 @@
 //!
 //! Recorded through the `metrics` facade into a Prometheus recorder installed once at start
 //! ([`install`]); the admin server renders it at `GET /metrics`. Labels: `lock`, `route`,
-//! `reason`, `direction`, `side`, `to`, `version`, `commit`. Hot paths hold pre-built handles. Every
-//! series of a lock or route is created at 0 when it starts ([`register_lock`],
+//! `reason`, `direction`, `side`, `to`, `version`, `commit`. Hot paths hold pre-built handles.
+//! Every series of a lock or route is created at 0 when it starts ([`register_lock`],
 //! [`register_route`]).
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
@@ -281,5 +281,6 @@ pub fn register_process() {
 
 /// `lockgate_build_info{version} 1`.
 pub fn build_info() {
-    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "commit" => env!("LOCKGATE_COMMIT")).set(1.0);
+    let (version, commit) = (env!("CARGO_PKG_VERSION"), env!("LOCKGATE_COMMIT"));
+    metrics::gauge!(BUILD_INFO, "version" => version, "commit" => commit).set(1.0);
 }

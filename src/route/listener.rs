@@ -129,20 +129,30 @@ impl RouteRuntime {
         crate::metrics::register_route(&r, cfg.lock.is_some());
         Arc::new(RouteRuntime {
             counters: Counters {
-                to_upstream: metrics::counter!(FORWARDED_BYTES, "route" => r.clone(), "direction" => "to_upstream"),
-                to_downstream: metrics::counter!(FORWARDED_BYTES, "route" => r.clone(), "direction" => "to_downstream"),
+                to_upstream: metrics::counter!(
+                    FORWARDED_BYTES, "route" => r.clone(), "direction" => "to_upstream"
+                ),
+                to_downstream: metrics::counter!(
+                    FORWARDED_BYTES, "route" => r.clone(), "direction" => "to_downstream"
+                ),
             },
             connections: metrics::counter!(CONNECTIONS, "route" => r.clone()),
             active: metrics::gauge!(CONNECTIONS_ACTIVE, "route" => r.clone()),
             listening: metrics::gauge!(ROUTE_LISTENING, "route" => r.clone()),
-            accept_errors_fd: metrics::counter!(ACCEPT_ERRORS, "route" => r.clone(), "reason" => "out_of_fds"),
-            accept_errors_other: metrics::counter!(ACCEPT_ERRORS, "route" => r.clone(), "reason" => "other"),
+            accept_errors_fd: metrics::counter!(
+                ACCEPT_ERRORS, "route" => r.clone(), "reason" => "out_of_fds"
+            ),
+            accept_errors_other: metrics::counter!(
+                ACCEPT_ERRORS, "route" => r.clone(), "reason" => "other"
+            ),
             connect_errors: ConnectFailure::ALL.map(|c| {
-                metrics::counter!(UPSTREAM_CONNECT_ERRORS, "route" => r.clone(), "reason" => c.reason())
+                metrics::counter!(
+                    UPSTREAM_CONNECT_ERRORS, "route" => r.clone(), "reason" => c.reason()
+                )
             }),
-            forward_errors: [Side::Downstream, Side::Upstream].map(|s| {
-                metrics::counter!(FORWARD_ERRORS, "route" => r.clone(), "side" => s.label())
-            }),
+            forward_errors: [Side::Downstream, Side::Upstream].map(
+                |s| metrics::counter!(FORWARD_ERRORS, "route" => r.clone(), "side" => s.label()),
+            ),
             connect_error_log: LogLimiter::default(),
             connect_seconds: metrics::histogram!(UPSTREAM_CONNECT_SECONDS, "route" => r),
             active_now: AtomicU64::new(0),
@@ -505,7 +515,9 @@ async fn serve(
                 route.forward_failed(*side);
             }
             if let Some(reason) = timed_out(&e) {
-                metrics::counter!(CONNECTIONS_TIMED_OUT, "route" => name.to_owned(), "reason" => reason).increment(1);
+                let route = name.to_owned();
+                metrics::counter!(CONNECTIONS_TIMED_OUT, "route" => route, "reason" => reason)
+                    .increment(1);
             }
             debug!(error = %e, "connection ended abnormally; resetting both legs");
             reset(downstream);

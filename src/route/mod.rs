@@ -191,7 +191,8 @@ impl Gate for GatedRoutes {
             match Bound::bind(route, lease.clone()) {
                 Ok(b) => self.bound.push(b),
                 Err(e) => {
-                    metrics::counter!(ROUTE_BIND_ERRORS, "route" => route.cfg.name.clone(), "reason" => crate::metrics::bind_reason(&e))
+                    let (name, reason) = (route.cfg.name.clone(), crate::metrics::bind_reason(&e));
+                    metrics::counter!(ROUTE_BIND_ERRORS, "route" => name, "reason" => reason)
                         .increment(1);
                     let message = format!(
                         "route \"{}\": cannot listen on {}: {}",

@@ -86,7 +86,9 @@ impl Session {
                     up.set(0.0);
                 }
                 Err(e) => {
-                    metrics::counter!(LOCK_BACKEND_ERRORS, "lock" => self.name.clone(), "reason" => "unreachable").increment(1);
+                    let (lock, reason) = (self.name.clone(), "unreachable");
+                    metrics::counter!(LOCK_BACKEND_ERRORS, "lock" => lock, "reason" => reason)
+                        .increment(1);
                     let text = e.to_string();
                     if text != last_error {
                         warn!(
