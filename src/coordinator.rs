@@ -9,7 +9,7 @@
 //! - [`Coordinator::run`] (this file) is the task that feeds it events (the lock arriving or
 //!   going, the broker's health flipping, the check-period tick, the end of a hold-off, the
 //!   operator's commands, shutdown) and executes the actions it returns, in order, each to
-//!   completion.
+//!   completion. What it publishes and the commands it takes are in `coordinator/handle.rs`.
 //!
 //! Never two active: the gate opens only after the lock is taken, and the lock is given back
 //! only with a [`gate::Closed`], the proof that the gate's listeners are shut and every
@@ -22,7 +22,11 @@
 //! never giving back a lock already held). [`StandbyReason`] says why a node closes and
 //! releases.
 
+mod handle;
 mod machine;
+
+use handle::record;
+pub use handle::{Command, Handle, LockState, Transition};
 
 pub use machine::{
     Action, Actions, BIND_FAILURE_HOLD_OFF_PERIODS, ERROR_HOLD_OFF_PERIODS, Event, HoldOff,
@@ -32,7 +36,6 @@ pub use machine::{
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -46,54 +49,6 @@ use crate::metrics::{
     LOCK_TERM, LOCK_TRANSITIONS,
 };
 use crate::systemd;
-
-/// What the admin endpoint asks of a coordinator.
-#[derive(Debug)]
-pub enum Command {
-    /// Planned switchover: drain, release, and leave the lock alone for `hold_off`.
-    StepDown {
-        drain: Duration,
-        hold_off: Duration,
-        reply: oneshot::Sender<String>,
-    },
-    /// Contend again now (ends a hold-off).
-    Resume { reply: oneshot::Sender<String> },
-}
-
-/// A coordinator's state as the admin endpoint shows it.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct LockState {
-    pub held: bool,
-    pub term: u64,
-    /// "active", or "standby (why)".
-    pub state: String,
-    /// Unix milliseconds of the last transition.
-    pub since_unix_ms: u64,
-    /// The most recent transitions, newest last.
-    pub transitions: VecDeque<Transition>,
-}
-
-/// One transition, or a run of identical ones in a row (same target, reason and term):
-/// `count` of them, the first `at_unix_ms`, the last `last_at_unix_ms`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Transition {
-    pub to: &'static str,
-    pub reason: String,
-    pub term: u64,
-    pub at_unix_ms: u64,
-    pub count: u64,
-    pub last_at_unix_ms: u64,
-}
-
-/// How many transitions `LockState` keeps.
-const TRANSITIONS_KEPT: usize = 16;
-
-/// The handles the rest of the process keeps on a running coordinator.
-pub struct Handle {
-    /// Closed (the sender dropped) once the coordinator's task has ended, however it ended.
-    pub state: watch::Receiver<LockState>,
-    pub commands: mpsc::Sender<Command>,
-}
 
 /// The task that drives one [`Machine`].
 pub struct Coordinator<G: Gate> {
@@ -572,63 +527,9 @@ impl<G: Gate> Coordinator<G> {
     }
 }
 
-/// Appends a transition to the history (at most [`TRANSITIONS_KEPT`]). A repeat of the last
-/// one (ZooKeeper down: "contending" again and again) is counted, not kept again, so the
-/// history still shows what came before.
-fn record(
-    history: &mut VecDeque<Transition>,
-    to: &'static str,
-    reason: String,
-    term: u64,
-    now: u64,
-) {
-    match history.back_mut() {
-        Some(t) if t.to == to && t.reason == reason && t.term == term => {
-            t.count = t.count.saturating_add(1);
-            t.last_at_unix_ms = now;
-        }
-        _ => history.push_back(Transition {
-            to,
-            reason,
-            term,
-            at_unix_ms: now,
-            count: 1,
-            last_at_unix_ms: now,
-        }),
-    }
-    while history.len() > TRANSITIONS_KEPT {
-        history.pop_front();
-    }
-}
-
 async fn sleep_until_opt(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn repeated_transitions_are_merged_with_a_count() {
-        let mut h = std::collections::VecDeque::new();
-        super::record(&mut h, "active", "acquired".into(), 1, 10);
-        for at in 20..36 {
-            super::record(&mut h, "standby", "contending".into(), 1, at);
-        }
-        super::record(&mut h, "active", "acquired".into(), 2, 40);
-        assert_eq!(h.len(), 3, "{h:?}");
-        assert_eq!(
-            (h[1].count, h[1].at_unix_ms, h[1].last_at_unix_ms),
-            (16, 20, 35)
-        );
-        assert_eq!(h[0].reason, "acquired");
-        // Different reasons are each kept, up to the bound.
-        for i in 0..40 {
-            super::record(&mut h, "standby", format!("r{i}"), 2, 50 + i);
-        }
-        assert_eq!(h.len(), super::TRANSITIONS_KEPT);
-        assert_eq!(h.back().map(|t| t.reason.as_str()), Some("r39"));
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! A lock may be given back only while its gate is closed. [`Closed`] is that proof: it can
 //! be made only here, by [`close`] or [`drain`] after the gate's listeners are shut and every
-//! connection they carried is gone (or by [`Closed::initially`] for a gate that was never
+//! connection they carried is gone (or by `Closed::initially` for a gate that was never
 //! opened), and the lock backends' `release` takes it. "Give the lock back, then close the
 //! gate" does not compile.
 

@@ -1,4 +1,8 @@
 //! Binding a listener and serving the connections it accepts.
+//!
+//! A little over 600 lines, a third of them tests: a route's settings and metric handles, the
+//! accept loop and one connection's life (connect, PROXY header, forward, reset) read as one
+//! story, and the test of a connection's future size needs them together.
 
 use std::io;
 use std::net::SocketAddr;
