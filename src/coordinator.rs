@@ -3,365 +3,52 @@
 //! *before* the lock can go to anyone else.
 //!
 //! Two halves:
-//! - [`Machine::next`] is the whole decision, pure: `(phase, event) -> (phase, actions)`. It
-//!   is table-tested here, and `tests/model.rs` explores it exhaustively, composed with models
-//!   of the lock services, for two and three nodes.
-//! - [`Coordinator::run`] is the task that feeds it events (the lock arriving or going, the
-//!   broker's health flipping, the check-period tick, the end of a hold-off, the operator's
-//!   commands, shutdown) and executes the actions it returns, in order, each to completion.
+//! - [`Machine::next`] (`coordinator/machine.rs`) is the whole decision, pure:
+//!   `(phase, event) -> (phase, actions)`, table-tested there and explored exhaustively by
+//!   `tests/model.rs`, composed with models of the lock services, for two and three nodes.
+//! - [`Coordinator::run`] (this file) is the task that feeds it events (the lock arriving or
+//!   going, the broker's health flipping, the check-period tick, the end of a hold-off, the
+//!   operator's commands, shutdown) and executes the actions it returns, in order, each to
+//!   completion. What it publishes and the commands it takes are in `coordinator/handle.rs`.
 //!
 //! Never two active: the gate opens only after the lock is taken, and the lock is given back
 //! only with a [`gate::Closed`], the proof that the gate's listeners are shut and every
 //! connection they carried is gone; a loss detected under us (lease ran out, node deleted,
 //! file replaced, storage hung) fences first, then logs.
+//!
+//! One verb per meaning, here and in the lock backends: *close* the gate (at once, or by a
+//! drain); *release* the lock (give it back, only with a [`gate::Closed`]); *lose* it (it went
+//! away by itself: lease ran out, node deleted, file replaced); *withdraw* (stop contending,
+//! never giving back a lock already held). [`StandbyReason`] says why a node closes and
+//! releases.
+
+mod handle;
+mod machine;
+
+use handle::record;
+pub use handle::{Command, Handle, LockState, Transition};
+
+pub use machine::{
+    Action, Actions, BIND_FAILURE_HOLD_OFF_PERIODS, ERROR_HOLD_OFF_PERIODS, Event, HoldOff,
+    Machine, Phase, StandbyReason,
+};
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
 use crate::config::CoordinatorConfig;
 use crate::gate::{self, Closed, Gate};
 use crate::lock::{Lock, LockError, LockEvent};
-use crate::metrics as m;
+use crate::metrics::{
+    FAILOVER_SECONDS, LOCK_BACKEND_ERRORS, LOCK_BACKEND_UP, LOCK_HELD, LOCK_HELD_SECONDS,
+    LOCK_TERM, LOCK_TRANSITIONS,
+};
 use crate::systemd;
-
-/// What a coordinator is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Phase {
-    /// Not contending: the broker is not (yet) healthy.
-    Idle,
-    /// Not contending until the hold-off ends (after a backend error, a bind failure, a
-    /// step-down).
-    HoldingOff,
-    /// Waiting for the lock.
-    Contending,
-    /// Holding the lock; the gate is open.
-    Active { term: u64 },
-    /// Shut down: nothing held, nothing wanted, for good.
-    Stopped,
-}
-
-/// Why the gate closes and the lock is given back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Release {
-    /// The local broker failed its health check.
-    Health,
-    /// A gated route could not bind; the peer should serve instead.
-    BindFailed,
-    /// lockgate is stopping (or a reload replaces this coordinator).
-    Shutdown,
-    /// An operator asked for a planned switchover.
-    StepDown,
-    /// The lock went away under us; the word is the backend's reason.
-    Lost(&'static str),
-    /// The lock arrived while nobody wanted it.
-    Unwanted,
-}
-
-impl Release {
-    /// The metric label and the log's short word.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Release::Health => "health",
-            Release::BindFailed => "bind_failed",
-            Release::Shutdown => "shutdown",
-            Release::StepDown => "step_down",
-            Release::Lost(reason) => reason,
-            Release::Unwanted => "unwanted",
-        }
-    }
-}
-
-/// How long a hold-off lasts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum HoldOff {
-    /// This many check-periods.
-    Periods(u32),
-    /// As the operator asked.
-    For(Duration),
-}
-
-/// After a bind failure, how many check-periods to leave the lock to the peer (which tries
-/// once per period, so it gets a turn).
-pub const BIND_FAILURE_HOLD_OFF_PERIODS: u32 = 2;
-/// After a backend error, how many check-periods before contending again.
-pub const ERROR_HOLD_OFF_PERIODS: u32 = 1;
-
-/// What happened, as the state machine sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Event {
-    /// The broker's health flipped (or is first known).
-    Health(bool),
-    /// The lock is ours, with this term.
-    Acquired { term: u64 },
-    /// Contending failed (backend unreachable, an error from it).
-    AcquireFailed,
-    /// The held lock went away under us, or a liveness check failed.
-    Lost { reason: &'static str },
-    /// A gated route could not bind after the lock was taken.
-    OpenFailed,
-    /// The check-period elapsed.
-    Tick,
-    /// The hold-off ended.
-    HoldOffEnded,
-    /// Planned switchover.
-    StepDown { drain: Duration, hold_off: Duration },
-    /// Contend again now (ends a hold-off).
-    Resume,
-    /// Stop for good.
-    Shutdown,
-}
-
-/// What the driving task does, in order, each to completion.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Action {
-    /// Start (or keep) waiting for the lock.
-    Contend { last_term: u64 },
-    /// Stop waiting for the lock. Never gives back a lock already held.
-    Withdraw,
-    /// Bind the gated routes.
-    OpenGate { term: u64 },
-    /// Close the gate at once: listeners, then a reset of every connection.
-    CloseGate(Release),
-    /// Close the listeners, drain connections for up to `drain`, then reset the rest.
-    DrainGate { drain: Duration },
-    /// Give the lock back; only with the gate closed.
-    ReleaseLock(Release),
-    /// Confirm the lock is still ours.
-    Check,
-    /// Start (or restart) the hold-off timer.
-    StartHoldOff(HoldOff),
-    /// Cancel the hold-off timer.
-    CancelHoldOff,
-}
-
-/// The coordinator's whole state as the decision sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Machine {
-    pub phase: Phase,
-    /// The local broker answers its health check.
-    pub healthy: bool,
-    /// The term of the current or last holding; grows on every acquisition.
-    pub term: u64,
-}
-
-/// The actions that follow one event, in order: at most four, so the pure function
-/// allocates nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct Actions([Option<Action>; 4]);
-
-impl Actions {
-    fn of(list: &[Action]) -> Actions {
-        debug_assert!(list.len() <= 4, "{list:?}");
-        let mut a = Actions::default();
-        for (slot, action) in a.0.iter_mut().zip(list) {
-            *slot = Some(*action);
-        }
-        a
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = Action> + '_ {
-        self.0.iter().map_while(|a| *a)
-    }
-
-    pub fn to_vec(&self) -> Vec<Action> {
-        self.iter().collect()
-    }
-}
-
-impl Machine {
-    /// A coordinator that has not heard from its health check yet.
-    pub fn new() -> Machine {
-        Machine {
-            phase: Phase::Idle,
-            healthy: false,
-            term: 0,
-        }
-    }
-
-    /// Whether the lock is held (the gate is open or opening).
-    pub fn holds(&self) -> bool {
-        matches!(self.phase, Phase::Active { .. })
-    }
-
-    /// Whether the backend may report something the machine waits for.
-    pub fn listens(&self) -> bool {
-        matches!(self.phase, Phase::Contending | Phase::Active { .. })
-    }
-
-    /// Not holding, not stopped: contend if healthy, else idle.
-    fn standby(self, actions: &[Action]) -> (Machine, Actions) {
-        let mut list = Actions::of(actions);
-        let phase = if self.healthy {
-            if let Some(slot) = list.0.iter_mut().find(|a| a.is_none()) {
-                *slot = Some(Action::Contend {
-                    last_term: self.term,
-                });
-            }
-            Phase::Contending
-        } else {
-            Phase::Idle
-        };
-        (Machine { phase, ..self }, list)
-    }
-
-    fn stay(self) -> (Machine, Actions) {
-        (self, Actions::default())
-    }
-
-    fn to(self, phase: Phase, actions: &[Action]) -> (Machine, Actions) {
-        (Machine { phase, ..self }, Actions::of(actions))
-    }
-
-    /// The decision: from this state and this event, the next state and what to do, in order.
-    /// Every path that leaves `Active` closes the gate before it releases the lock.
-    pub fn next(self, event: Event) -> (Machine, Actions) {
-        use Action::*;
-        use Phase::*;
-        match (self.phase, event) {
-            (Stopped, _) => self.stay(),
-            (Active { .. }, Event::Shutdown) => self.to(
-                Stopped,
-                &[CloseGate(Release::Shutdown), ReleaseLock(Release::Shutdown)],
-            ),
-            (Contending, Event::Shutdown) => self.to(Stopped, &[Withdraw]),
-            (_, Event::Shutdown) => self.to(Stopped, &[]),
-
-            (_, Event::Health(h)) if h == self.healthy => self.stay(),
-            (Idle, Event::Health(h)) => Machine { healthy: h, ..self }.standby(&[]),
-            (HoldingOff, Event::Health(h)) => (Machine { healthy: h, ..self }, Actions::default()),
-            (Contending, Event::Health(_)) => Machine {
-                healthy: false,
-                ..self
-            }
-            .to(Idle, &[Withdraw]),
-            (Active { .. }, Event::Health(_)) => Machine {
-                healthy: false,
-                ..self
-            }
-            .to(
-                Idle,
-                &[CloseGate(Release::Health), ReleaseLock(Release::Health)],
-            ),
-
-            (Contending, Event::Acquired { term }) => {
-                Machine { term, ..self }.to(Active { term }, &[OpenGate { term }])
-            }
-            // Arrived while nobody wanted it (the gate is closed): give it back now.
-            (Idle | HoldingOff, Event::Acquired { .. }) => {
-                (self, Actions::of(&[ReleaseLock(Release::Unwanted)]))
-            }
-            (Active { .. }, Event::Acquired { .. }) => self.stay(),
-
-            (Contending, Event::AcquireFailed) => self.to(
-                HoldingOff,
-                &[
-                    Withdraw,
-                    StartHoldOff(HoldOff::Periods(ERROR_HOLD_OFF_PERIODS)),
-                ],
-            ),
-            (_, Event::AcquireFailed) => self.stay(),
-
-            (Active { .. }, Event::Lost { reason }) => self.standby(&[
-                CloseGate(Release::Lost(reason)),
-                ReleaseLock(Release::Lost(reason)),
-            ]),
-            (_, Event::Lost { .. }) => self.stay(),
-
-            (Active { .. }, Event::OpenFailed) => self.to(
-                HoldingOff,
-                &[
-                    CloseGate(Release::BindFailed),
-                    ReleaseLock(Release::BindFailed),
-                    StartHoldOff(HoldOff::Periods(BIND_FAILURE_HOLD_OFF_PERIODS)),
-                ],
-            ),
-            (_, Event::OpenFailed) => self.stay(),
-
-            (Active { .. }, Event::Tick) => (self, Actions::of(&[Check])),
-            (_, Event::Tick) => self.stay(),
-
-            (Active { .. }, Event::StepDown { drain, hold_off }) => self.to(
-                HoldingOff,
-                &[
-                    DrainGate { drain },
-                    ReleaseLock(Release::StepDown),
-                    StartHoldOff(HoldOff::For(hold_off)),
-                ],
-            ),
-            (Contending, Event::StepDown { hold_off, .. }) => self.to(
-                HoldingOff,
-                &[Withdraw, StartHoldOff(HoldOff::For(hold_off))],
-            ),
-            (_, Event::StepDown { hold_off, .. }) => {
-                self.to(HoldingOff, &[StartHoldOff(HoldOff::For(hold_off))])
-            }
-
-            (HoldingOff, Event::HoldOffEnded) => self.standby(&[]),
-            (HoldingOff, Event::Resume) => self.standby(&[CancelHoldOff]),
-            (_, Event::HoldOffEnded | Event::Resume) => self.stay(),
-        }
-    }
-}
-
-impl Default for Machine {
-    fn default() -> Self {
-        Machine::new()
-    }
-}
-
-/// What the admin endpoint asks of a coordinator.
-#[derive(Debug)]
-pub enum Command {
-    /// Planned switchover: drain, release, and leave the lock alone for `hold_off`.
-    StepDown {
-        drain: Duration,
-        hold_off: Duration,
-        reply: oneshot::Sender<String>,
-    },
-    /// Contend again now (ends a hold-off).
-    Resume { reply: oneshot::Sender<String> },
-}
-
-/// A coordinator's state as the admin endpoint shows it.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct LockState {
-    pub held: bool,
-    pub term: u64,
-    /// "active", or "standby (why)".
-    pub state: String,
-    /// Unix milliseconds of the last transition.
-    pub since_unix_ms: u64,
-    /// The most recent transitions, newest last.
-    pub transitions: VecDeque<Transition>,
-}
-
-/// One transition, or a run of identical ones in a row (same target, reason and term):
-/// `count` of them, the first `at_unix_ms`, the last `last_at_unix_ms`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Transition {
-    pub to: &'static str,
-    pub reason: String,
-    pub term: u64,
-    pub at_unix_ms: u64,
-    pub count: u64,
-    pub last_at_unix_ms: u64,
-}
-
-/// How many transitions `LockState` keeps.
-const TRANSITIONS_KEPT: usize = 16;
-
-/// The handles the rest of the process keeps on a running coordinator.
-pub struct Handle {
-    /// Closed (the sender dropped) once the coordinator's task has ended, however it ended.
-    pub state: watch::Receiver<LockState>,
-    pub commands: mpsc::Sender<Command>,
-}
 
 /// The task that drives one [`Machine`].
 pub struct Coordinator<G: Gate> {
@@ -438,10 +125,22 @@ impl<G: Gate> Coordinator<G> {
 
     /// Runs until `shutdown`; then closes the gate and releases the lock if held. A drain in
     /// progress when `shutdown` fires is cut short (its connections are reset).
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    ///
+    /// Runs in a span `lock{lock=<name>}`, which every event of the task (its gate's and its
+    /// lock backend's included) carries.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let span = info_span!("lock", lock = %self.cfg.name);
+        self.drive(shutdown).instrument(span).await
+    }
+
+    async fn drive(mut self, shutdown: CancellationToken) {
         let name = self.cfg.name.clone();
-        info!(lock = %name, path = %self.lock.describe(), check_period_ms = self.cfg.check_period.as_millis() as u64, "lock coordinator started");
-        m::register_lock(&name, !self.is_file());
+        info!(
+            path = %self.lock.describe(),
+            check_period_ms = self.cfg.check_period.as_millis() as u64,
+            "lock coordinator started"
+        );
+        crate::metrics::register_lock(&name, !self.is_file());
         // The locks folder was there when the config was loaded.
         self.file_backend_up(true);
         self.publish_standby("starting");
@@ -495,7 +194,7 @@ impl<G: Gate> Coordinator<G> {
             self.handle(event, reply, &shutdown).await;
         }
         self.lock.settle().await;
-        info!(lock = %name, "lock coordinator stopped");
+        info!("lock coordinator stopped");
     }
 
     /// Turns a backend report into an event; the error is kept to be logged later.
@@ -543,12 +242,12 @@ impl<G: Gate> Coordinator<G> {
             let (after, actions) = before.next(event);
             self.machine = after;
             self.published = false;
-            debug!(lock = %self.cfg.name, ?event, from = ?before.phase, to = ?after.phase, "transition");
+            debug!(?event, from = ?before.phase, to = ?after.phase, "transition");
             if matches!(event, Event::StepDown { .. }) && before.holds() {
-                info!(lock = %self.cfg.name, term = before.term, "stepping down");
+                info!(term = before.term, "stepping down");
             }
             if event == Event::Resume {
-                info!(lock = %self.cfg.name, "resuming contention");
+                info!("resuming contention");
             }
             for action in actions.iter() {
                 if let Some(caused) = self.execute(action, shutdown).await {
@@ -564,7 +263,6 @@ impl<G: Gate> Coordinator<G> {
 
     /// Executes one action; returns the event it caused, if any.
     async fn execute(&mut self, action: Action, shutdown: &CancellationToken) -> Option<Event> {
-        let name = self.cfg.name.clone();
         match action {
             Action::Contend { last_term } => {
                 self.lock.contend(&self.node_id, last_term);
@@ -599,7 +297,12 @@ impl<G: Gate> Coordinator<G> {
                     Err(e) => {
                         // `open` left nothing bound; make that the proof.
                         self.closed = Some(gate::close(&mut self.gate, "bind_failed").await);
-                        error!(lock = %name, term, error = %e, "cannot open a gated route after acquiring the lock; releasing it so the peer can serve");
+                        error!(
+                            term,
+                            error = %e,
+                            "cannot open a gated route after acquiring the lock; releasing it so \
+                             the peer can serve"
+                        );
                         Some(Event::OpenFailed)
                     }
                 }
@@ -607,15 +310,20 @@ impl<G: Gate> Coordinator<G> {
             Action::CloseGate(why) => {
                 if self.closed.is_none() {
                     let label = match why {
-                        Release::Lost(_) => "lock_lost",
+                        StandbyReason::Lost(_) => "lock_lost",
                         other => other.reason(),
                     };
                     self.closed = Some(gate::close(&mut self.gate, label).await);
                 }
-                if let Release::Lost(reason) = why {
+                if let StandbyReason::Lost(reason) = why {
                     // Fenced: now say why; giving back what is left may take a while.
                     let error = self.lost.take().map(|e| e.to_string()).unwrap_or_default();
-                    warn!(lock = %name, term = self.machine.term, reason, error = %error, "lock lost: gated routes fenced");
+                    warn!(
+                        term = self.machine.term,
+                        reason,
+                        error = %error,
+                        "lock lost: gated routes fenced"
+                    );
                     self.ended_holding();
                     self.record_transition("standby", reason);
                     self.publish_standby(&format!("lost: {reason}"));
@@ -624,11 +332,15 @@ impl<G: Gate> Coordinator<G> {
             }
             Action::DrainGate { drain } => {
                 if self.closed.is_none() {
-                    info!(lock = %name, term = self.machine.term, drain_ms = drain.as_millis() as u64, "draining for a step-down");
+                    info!(
+                        term = self.machine.term,
+                        drain_ms = drain.as_millis() as u64,
+                        "draining for a step-down"
+                    );
                     let closed = tokio::select! {
                         c = gate::drain(&mut self.gate, drain) => c,
                         _ = shutdown.cancelled() => {
-                            info!(lock = %name, "shutdown during a step-down drain: resetting what is left");
+                            info!("shutdown during a step-down drain: resetting what is left");
                             gate::close(&mut self.gate, "shutdown").await
                         }
                     };
@@ -642,19 +354,23 @@ impl<G: Gate> Coordinator<G> {
                     None => {
                         // Unreachable through `Machine::next`; the lock still waits for the
                         // gate.
-                        error!(lock = %name, "release asked with the gate open; closing it first");
+                        error!("release asked with the gate open; closing it first");
                         gate::close(&mut self.gate, why.reason()).await
                     }
                 };
                 self.lock.release(&closed).await;
                 self.closed = Some(closed);
                 match why {
-                    Release::Lost(_) => {}
-                    Release::Unwanted => {
-                        debug!(lock = %name, "a lock that arrived unwanted was given back")
+                    StandbyReason::Lost(_) => {}
+                    StandbyReason::Unwanted => {
+                        debug!("a lock that arrived unwanted was given back")
                     }
                     why => {
-                        info!(lock = %name, term = self.machine.term, reason = why.reason(), "lock released");
+                        info!(
+                            term = self.machine.term,
+                            reason = why.reason(),
+                            "lock released"
+                        );
                         self.ended_holding();
                         self.record_transition("standby", why.reason());
                         self.publish_standby(&format!("released: {}", why.reason()));
@@ -695,15 +411,20 @@ impl<G: Gate> Coordinator<G> {
         let open_us = started.elapsed().as_micros() as u64;
         self.last_error = None;
         self.file_backend_up(true);
-        info!(lock = %name, term, reason = "acquired", open_us, "lock acquired: gated routes are open");
+        info!(
+            term,
+            reason = "acquired",
+            open_us,
+            "lock acquired: gated routes are open"
+        );
         if let Some(since) = self.contend_since.take() {
-            metrics::histogram!(m::FAILOVER_SECONDS, "lock" => name.clone())
+            metrics::histogram!(FAILOVER_SECONDS, "lock" => name.clone())
                 .record(since.elapsed().as_secs_f64());
         }
         self.held_since = Some((Instant::now(), 0));
         self.record_transition("active", "acquired");
-        metrics::gauge!(m::LOCK_HELD, "lock" => name.clone()).set(1.0);
-        metrics::gauge!(m::LOCK_TERM, "lock" => name.clone()).set(term as f64);
+        metrics::gauge!(LOCK_HELD, "lock" => name.clone()).set(1.0);
+        metrics::gauge!(LOCK_TERM, "lock" => name.clone()).set(term as f64);
         systemd::status(&format!("lock {name}: active term {term}"));
         self.publish("active", "active".to_owned(), "acquired".to_owned());
     }
@@ -712,14 +433,14 @@ impl<G: Gate> Coordinator<G> {
     fn acquire_error(&mut self, e: LockError) {
         self.file_backend_seen(e.reason());
         let name = &self.cfg.name;
-        metrics::counter!(m::LOCK_BACKEND_ERRORS, "lock" => name.clone(), "reason" => e.reason())
+        metrics::counter!(LOCK_BACKEND_ERRORS, "lock" => name.clone(), "reason" => e.reason())
             .increment(1);
         let text = e.to_string();
         if self.last_error.as_ref() != Some(&text) {
-            warn!(lock = %name, error = %text, "cannot contend for the lock; retrying every check-period");
+            warn!(error = %text, "cannot contend for the lock; retrying every check-period");
             self.last_error = Some(text);
         } else {
-            debug!(lock = %name, error = %text, "still cannot contend for the lock");
+            debug!(error = %text, "still cannot contend for the lock");
         }
     }
 
@@ -745,7 +466,7 @@ impl<G: Gate> Coordinator<G> {
     /// `lockgate_lock_backend_up` of a file lock (ZooKeeper's session task sets its own).
     fn file_backend_up(&self, up: bool) {
         if self.is_file() {
-            metrics::gauge!(m::LOCK_BACKEND_UP, "lock" => self.cfg.name.clone()).set(if up {
+            metrics::gauge!(LOCK_BACKEND_UP, "lock" => self.cfg.name.clone()).set(if up {
                 1.0
             } else {
                 0.0
@@ -766,13 +487,14 @@ impl<G: Gate> Coordinator<G> {
     }
 
     fn record_transition(&self, to: &'static str, reason: &'static str) {
-        metrics::counter!(m::LOCK_TRANSITIONS, "lock" => self.cfg.name.clone(), "to" => to, "reason" => reason)
+        let lock = self.cfg.name.clone();
+        metrics::counter!(LOCK_TRANSITIONS, "lock" => lock, "to" => to, "reason" => reason)
             .increment(1);
     }
 
     fn publish_standby(&mut self, why: &str) {
         self.published = true;
-        metrics::gauge!(m::LOCK_HELD, "lock" => self.cfg.name.clone()).set(0.0);
+        metrics::gauge!(LOCK_HELD, "lock" => self.cfg.name.clone()).set(0.0);
         systemd::status(&format!("lock {}: standby ({why})", self.cfg.name));
         self.publish("standby", format!("standby ({why})"), why.to_owned());
     }
@@ -797,7 +519,7 @@ impl<G: Gate> Coordinator<G> {
         if let Some((since, counted)) = self.held_since.as_mut() {
             let whole = since.elapsed().as_secs();
             if whole > *counted {
-                metrics::counter!(m::LOCK_HELD_SECONDS, "lock" => self.cfg.name.clone())
+                metrics::counter!(LOCK_HELD_SECONDS, "lock" => self.cfg.name.clone())
                     .increment(whole - *counted);
                 *counted = whole;
             }
@@ -805,280 +527,9 @@ impl<G: Gate> Coordinator<G> {
     }
 }
 
-/// Appends a transition to the history (at most [`TRANSITIONS_KEPT`]). A repeat of the last
-/// one (ZooKeeper down: "contending" again and again) is counted, not kept again, so the
-/// history still shows what came before.
-fn record(
-    history: &mut VecDeque<Transition>,
-    to: &'static str,
-    reason: String,
-    term: u64,
-    now: u64,
-) {
-    match history.back_mut() {
-        Some(t) if t.to == to && t.reason == reason && t.term == term => {
-            t.count = t.count.saturating_add(1);
-            t.last_at_unix_ms = now;
-        }
-        _ => history.push_back(Transition {
-            to,
-            reason,
-            term,
-            at_unix_ms: now,
-            count: 1,
-            last_at_unix_ms: now,
-        }),
-    }
-    while history.len() > TRANSITIONS_KEPT {
-        history.pop_front();
-    }
-}
-
 async fn sleep_until_opt(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Action::*;
-    use super::*;
-
-    const D: Duration = Duration::from_millis(100);
-    const H: Duration = Duration::from_millis(5000);
-
-    fn m(phase: Phase, healthy: bool) -> Machine {
-        Machine {
-            phase,
-            healthy,
-            term: 3,
-        }
-    }
-
-    /// Every (phase, event) pair that does something, with what it must do.
-    #[test]
-    fn transition_table() {
-        use Phase::*;
-        let active = Active { term: 3 };
-        let table: Vec<(Machine, Event, Phase, Vec<Action>)> = vec![
-            (
-                m(Idle, false),
-                Event::Health(true),
-                Contending,
-                vec![Contend { last_term: 3 }],
-            ),
-            (m(Idle, false), Event::Health(false), Idle, vec![]),
-            (
-                m(Contending, true),
-                Event::Health(false),
-                Idle,
-                vec![Withdraw],
-            ),
-            (
-                m(Contending, true),
-                Event::Acquired { term: 4 },
-                Active { term: 4 },
-                vec![OpenGate { term: 4 }],
-            ),
-            (
-                m(Contending, true),
-                Event::AcquireFailed,
-                HoldingOff,
-                vec![Withdraw, StartHoldOff(HoldOff::Periods(1))],
-            ),
-            (
-                m(active, true),
-                Event::Health(false),
-                Idle,
-                vec![CloseGate(Release::Health), ReleaseLock(Release::Health)],
-            ),
-            (
-                m(active, true),
-                Event::Lost {
-                    reason: "lease_expired",
-                },
-                Contending,
-                vec![
-                    CloseGate(Release::Lost("lease_expired")),
-                    ReleaseLock(Release::Lost("lease_expired")),
-                    Contend { last_term: 3 },
-                ],
-            ),
-            (
-                m(active, true),
-                Event::OpenFailed,
-                HoldingOff,
-                vec![
-                    CloseGate(Release::BindFailed),
-                    ReleaseLock(Release::BindFailed),
-                    StartHoldOff(HoldOff::Periods(2)),
-                ],
-            ),
-            (m(active, true), Event::Tick, active, vec![Check]),
-            (
-                m(active, true),
-                Event::StepDown {
-                    drain: D,
-                    hold_off: H,
-                },
-                HoldingOff,
-                vec![
-                    DrainGate { drain: D },
-                    ReleaseLock(Release::StepDown),
-                    StartHoldOff(HoldOff::For(H)),
-                ],
-            ),
-            (
-                m(Contending, true),
-                Event::StepDown {
-                    drain: D,
-                    hold_off: H,
-                },
-                HoldingOff,
-                vec![Withdraw, StartHoldOff(HoldOff::For(H))],
-            ),
-            (
-                m(Idle, false),
-                Event::StepDown {
-                    drain: D,
-                    hold_off: H,
-                },
-                HoldingOff,
-                vec![StartHoldOff(HoldOff::For(H))],
-            ),
-            (
-                m(HoldingOff, true),
-                Event::HoldOffEnded,
-                Contending,
-                vec![Contend { last_term: 3 }],
-            ),
-            (m(HoldingOff, false), Event::HoldOffEnded, Idle, vec![]),
-            (
-                m(HoldingOff, true),
-                Event::Resume,
-                Contending,
-                vec![CancelHoldOff, Contend { last_term: 3 }],
-            ),
-            (
-                m(HoldingOff, true),
-                Event::Acquired { term: 9 },
-                HoldingOff,
-                vec![ReleaseLock(Release::Unwanted)],
-            ),
-            (
-                m(Idle, false),
-                Event::Acquired { term: 9 },
-                Idle,
-                vec![ReleaseLock(Release::Unwanted)],
-            ),
-            (
-                m(active, true),
-                Event::Shutdown,
-                Stopped,
-                vec![CloseGate(Release::Shutdown), ReleaseLock(Release::Shutdown)],
-            ),
-            (
-                m(Contending, true),
-                Event::Shutdown,
-                Stopped,
-                vec![Withdraw],
-            ),
-            (m(HoldingOff, true), Event::Shutdown, Stopped, vec![]),
-            (m(Stopped, true), Event::Health(false), Stopped, vec![]),
-            (
-                m(Contending, true),
-                Event::Lost { reason: "x" },
-                Contending,
-                vec![],
-            ),
-        ];
-        for (from, event, phase, actions) in table {
-            let (to, got) = from.next(event);
-            assert_eq!(
-                (to.phase, got.to_vec()),
-                (phase, actions),
-                "{from:?} + {event:?}"
-            );
-        }
-    }
-
-    fn all_events() -> Vec<Event> {
-        vec![
-            Event::Health(true),
-            Event::Health(false),
-            Event::Acquired { term: 7 },
-            Event::AcquireFailed,
-            Event::Lost { reason: "x" },
-            Event::OpenFailed,
-            Event::Tick,
-            Event::HoldOffEnded,
-            Event::StepDown {
-                drain: D,
-                hold_off: H,
-            },
-            Event::Resume,
-            Event::Shutdown,
-        ]
-    }
-
-    /// In every phase and for every event: the gate is closed before the lock is released,
-    /// nothing is released that is not held (except an unwanted arrival, gate closed), and
-    /// leaving `Active` always closes the gate.
-    #[test]
-    fn release_only_after_close_for_every_pair() {
-        use Phase::*;
-        for phase in [Idle, HoldingOff, Contending, Active { term: 3 }, Stopped] {
-            for healthy in [false, true] {
-                for event in all_events() {
-                    let from = m(phase, healthy);
-                    let (to, actions) = from.next(event);
-                    let list = actions.to_vec();
-                    let close = list
-                        .iter()
-                        .position(|a| matches!(a, CloseGate(_) | DrainGate { .. }));
-                    let release = list.iter().position(|a| matches!(a, ReleaseLock(_)));
-                    if from.holds() && !to.holds() {
-                        assert!(
-                            close.is_some() && release.is_some(),
-                            "{from:?} + {event:?}: {list:?}"
-                        );
-                    }
-                    if let (Some(r), true) = (release, from.holds()) {
-                        assert!(
-                            close.is_some_and(|c| c < r),
-                            "{from:?} + {event:?}: {list:?}"
-                        );
-                    }
-                    assert!(
-                        !list.contains(&Withdraw) || !from.holds(),
-                        "{from:?} + {event:?}: withdraw while holding"
-                    );
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn repeated_transitions_are_merged_with_a_count() {
-        let mut h = std::collections::VecDeque::new();
-        super::record(&mut h, "active", "acquired".into(), 1, 10);
-        for at in 20..36 {
-            super::record(&mut h, "standby", "contending".into(), 1, at);
-        }
-        super::record(&mut h, "active", "acquired".into(), 2, 40);
-        assert_eq!(h.len(), 3, "{h:?}");
-        assert_eq!(
-            (h[1].count, h[1].at_unix_ms, h[1].last_at_unix_ms),
-            (16, 20, 35)
-        );
-        assert_eq!(h[0].reason, "acquired");
-        // Different reasons are each kept, up to the bound.
-        for i in 0..40 {
-            super::record(&mut h, "standby", format!("r{i}"), 2, 50 + i);
-        }
-        assert_eq!(h.len(), super::TRANSITIONS_KEPT);
-        assert_eq!(h.back().map(|t| t.reason.as_str()), Some("r39"));
     }
 }

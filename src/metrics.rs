@@ -2,8 +2,8 @@
 //!
 //! Recorded through the `metrics` facade into a Prometheus recorder installed once at start
 //! ([`install`]); the admin server renders it at `GET /metrics`. Labels: `lock`, `route`,
-//! `reason`, `direction`, `to`, `version`, `commit`. Hot paths hold pre-built handles. Every
-//! series of a lock or route is created at 0 when it starts ([`register_lock`],
+//! `reason`, `direction`, `side`, `to`, `version`, `commit`. Hot paths hold pre-built handles.
+//! Every series of a lock or route is created at 0 when it starts ([`register_lock`],
 //! [`register_route`]).
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
@@ -28,6 +28,7 @@ pub const CONNECTIONS: &str = "lockgate_connections_total";
 pub const CONNECTIONS_KILLED: &str = "lockgate_connections_killed_total";
 pub const CONNECTIONS_TIMED_OUT: &str = "lockgate_connections_timed_out_total";
 pub const FORWARDED_BYTES: &str = "lockgate_forwarded_bytes_total";
+pub const FORWARD_ERRORS: &str = "lockgate_forward_errors_total";
 pub const UPSTREAM_CONNECT_ERRORS: &str = "lockgate_upstream_connect_errors_total";
 pub const UPSTREAM_CONNECT_SECONDS: &str = "lockgate_upstream_connect_seconds";
 pub const ACCEPT_ERRORS: &str = "lockgate_accept_errors_total";
@@ -80,7 +81,9 @@ pub fn describe() {
     );
     describe_gauge!(
         LOCK_BACKEND_UP,
-        "1 while the lock service is reachable: ZooKeeper, a session is connected; file, the last attempt or check on the locks folder completed (0 after an I/O error, an I/O timeout or a missing folder)."
+        "1 while the lock service is reachable: ZooKeeper, a session is connected; file, the last \
+         attempt or check on the locks folder completed (0 after an I/O error, an I/O timeout or \
+         a missing folder)."
     );
     describe_histogram!(
         FAILOVER_SECONDS,
@@ -97,15 +100,18 @@ pub fn describe() {
     );
     describe_counter!(
         HEALTH_CHECK_LOCAL_ERRORS,
-        "Health probes that could not run for a local reason (out of file descriptors or memory on this node); they count neither for nor against the broker."
+        "Health probes that could not run for a local reason (out of file descriptors or memory \
+         on this node); they count neither for nor against the broker."
     );
     describe_counter!(
         HEALTH_CHECK_TRIGGERED,
-        "Health probes started at once by a gated route's refused or reset connect to its upstream (observe-connects); the probes, not the connect, decide."
+        "Health probes started at once by a gated route's refused or reset connect to its \
+         upstream (observe-connects); the probes, not the connect, decide."
     );
     describe_counter!(
         ADMIN_CONNECTIONS_REFUSED,
-        "Admin connections closed on arrival, by reason: limit (max-connections reached), fd_reserve (the process is near its descriptor limit)."
+        "Admin connections closed on arrival, by reason: limit (max-connections reached), \
+         fd_reserve (the process is near its descriptor limit)."
     );
     describe_gauge!(ROUTE_LISTENING, "1 while the route's listener is bound.");
     describe_counter!(
@@ -120,12 +126,20 @@ pub fn describe() {
     );
     describe_counter!(
         CONNECTIONS_TIMED_OUT,
-        "Connections closed by a route timeout, by reason: client_inactive, server_inactive, tunnel_inactive (client-, server-, tunnel-timeout-ms), half_close (half-close-timeout-ms), peer_unresponsive (tcp-user-timeout-ms or keepalive: the kernel gave up on a leg)."
+        "Connections closed by a route timeout, by reason: client_inactive, server_inactive, \
+         tunnel_inactive (client-, server-, tunnel-timeout-ms), half_close \
+         (half-close-timeout-ms), peer_unresponsive (tcp-user-timeout-ms or keepalive: the kernel \
+         gave up on a leg)."
     );
     describe_counter!(
         FORWARDED_BYTES,
         Unit::Bytes,
         "Bytes forwarded, by direction."
+    );
+    describe_counter!(
+        FORWARD_ERRORS,
+        "Connections that ended on a failed read or write, by the side that failed: client or \
+         upstream (a reset, an unreachable peer); counted once per connection."
     );
     describe_counter!(
         UPSTREAM_CONNECT_ERRORS,
@@ -147,7 +161,8 @@ pub fn describe() {
     );
     describe_counter!(
         LOCK_IDENTITY_CHANGES,
-        "Reloads that changed what names a lock (lock-id, type, locks-folder, connect-string, namespace): until every node agrees, two nodes may each hold a lock of that name."
+        "Reloads that changed what names a lock (lock-id, type, locks-folder, connect-string, \
+         namespace): until every node agrees, two nodes may each hold a lock of that name."
     );
     describe_gauge!(
         BUILD_INFO,
@@ -188,6 +203,8 @@ pub const TIMEOUT_REASONS: &[&str] = &[
     "half_close",
     "peer_unresponsive",
 ];
+/// The `side` of `lockgate_forward_errors_total`.
+pub const FORWARD_ERROR_SIDES: &[&str] = &["client", "upstream"];
 pub const BIND_ERROR_REASONS: &[&str] = &[
     "addr_in_use",
     "addr_not_available",
@@ -248,6 +265,9 @@ pub fn register_route(route: &str, gated: bool) {
     for reason in BIND_ERROR_REASONS {
         metrics::counter!(ROUTE_BIND_ERRORS, "route" => r(), "reason" => *reason).increment(0);
     }
+    for side in FORWARD_ERROR_SIDES {
+        metrics::counter!(FORWARD_ERRORS, "route" => r(), "side" => *side).increment(0);
+    }
 }
 
 /// The process-wide series at 0.
@@ -261,5 +281,6 @@ pub fn register_process() {
 
 /// `lockgate_build_info{version} 1`.
 pub fn build_info() {
-    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "commit" => env!("LOCKGATE_COMMIT")).set(1.0);
+    let (version, commit) = (env!("CARGO_PKG_VERSION"), env!("LOCKGATE_COMMIT"));
+    metrics::gauge!(BUILD_INFO, "version" => version, "commit" => commit).set(1.0);
 }

@@ -535,3 +535,34 @@ async fn sigterm_drains_open_routes_then_exits_zero() {
     let status = p.node.wait_exit().await;
     assert_eq!(status.code(), Some(0));
 }
+
+/// A reset by the upstream mid-connection counts one forward error on the upstream side
+/// (`lockgate_forward_errors_total{side="upstream"}`), none on the client's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_reset_counts_as_an_upstream_forward_error() {
+    let admin = free_port();
+    let extra = format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n");
+    let (p, upstream) = proxy_and_upstream(DataPath::Splice, &extra).await;
+    let mut client = p.connect().await;
+    let mut server = accept(&upstream).await;
+    client.write_all(b"hello").await.unwrap();
+    let mut buf = [0u8; 5];
+    server.read_exact(&mut buf).await.unwrap();
+    abort(server);
+    expect_reset(&mut client, "client after the upstream's reset").await;
+    let series =
+        |side: &str| format!(r#"lockgate_forward_errors_total{{route="mirror",side="{side}"}}"#);
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let m = http(admin, "GET", "/metrics", &[]).await.1;
+        if sample(&m, &series("upstream")) == Some(1.0) {
+            assert_eq!(sample(&m, &series("client")), Some(0.0), "{m}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the upstream's reset was not counted:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

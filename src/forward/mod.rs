@@ -22,21 +22,26 @@
 //!   `zero-copy = false`, and when splice reports `EINVAL` before any byte moved (a socket
 //!   type or kernel without splice support), or no pipe can be made.
 //!
+//! The inactivity timeouts are in `idle.rs`.
+//!
 //! `forward` knows nothing of locks: cancellation is the caller's `select!`.
 
 pub mod copy;
+mod idle;
 pub mod proxy_protocol;
 #[cfg(target_os = "linux")]
 pub mod splice;
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use metrics::Counter;
 use tokio::net::TcpStream;
 
 use crate::lease::Lease;
+pub use idle::{Idle, Inactivity};
+use idle::{Shared, inactive};
 #[cfg(target_os = "linux")]
 use tokio_util::either::Either;
 
@@ -45,6 +50,16 @@ use tokio_util::either::Either;
 pub enum Side {
     Downstream,
     Upstream,
+}
+
+impl Side {
+    /// The `side` label of `lockgate_forward_errors_total`: "client" or "upstream".
+    pub fn label(self) -> &'static str {
+        match self {
+            Side::Downstream => "client",
+            Side::Upstream => "upstream",
+        }
+    }
 }
 
 impl std::fmt::Display for Side {
@@ -70,35 +85,6 @@ pub enum ForwardError {
     LeaseExpired,
     #[error("nothing moved on the {which} for {after:?}")]
     Inactive { which: Inactivity, after: Duration },
-}
-
-/// Which inactivity timeout ended a connection; also the `reason` label of
-/// `lockgate_connections_timed_out_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Inactivity {
-    Client,
-    Server,
-    Tunnel,
-}
-
-impl Inactivity {
-    pub fn reason(self) -> &'static str {
-        match self {
-            Inactivity::Client => "client_inactive",
-            Inactivity::Server => "server_inactive",
-            Inactivity::Tunnel => "tunnel_inactive",
-        }
-    }
-}
-
-impl std::fmt::Display for Inactivity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Inactivity::Client => "client leg",
-            Inactivity::Server => "server leg",
-            Inactivity::Tunnel => "connection",
-        })
-    }
 }
 
 impl ForwardError {
@@ -132,132 +118,6 @@ pub struct Settings {
     pub zero_copy: bool,
     /// When an idle connection is closed.
     pub idle: Idle,
-}
-
-/// Inactivity timeouts, in HAProxy's terms, in milliseconds (a `u32` holds the configured
-/// bound of one week, and keeps a connection's future small).
-#[derive(Debug, Clone, Copy)]
-pub enum Idle {
-    /// Each leg on its own: nothing read from or written to the client for `client_ms`, or
-    /// the server for `server_ms`.
-    Legs { client_ms: u32, server_ms: u32 },
-    /// The whole connection: nothing moved either way for this long.
-    Tunnel { ms: u32 },
-}
-
-impl Idle {
-    /// From configured durations; a value past `u32::MAX` ms (not accepted by the config)
-    /// saturates.
-    pub fn new(client: Duration, server: Duration, tunnel: Option<Duration>) -> Idle {
-        let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
-        match tunnel {
-            Some(t) => Idle::Tunnel { ms: ms(t) },
-            None => Idle::Legs {
-                client_ms: ms(client),
-                server_ms: ms(server),
-            },
-        }
-    }
-}
-
-/// State the two directions of one connection share: whether one has ended, and when each leg
-/// last moved a byte (milliseconds of the coarse monotonic clock, stamped after every read and
-/// write, read by the inactivity watch).
-struct Shared {
-    one_ended: AtomicBool,
-    client: AtomicU64,
-    server: AtomicU64,
-    /// A direction waits for room on its destination: its source leg is not expected to move
-    /// meanwhile, so only the destination's timeout runs (as in HAProxy: the client is not
-    /// blamed for a server that does not read).
-    waiting_on_server: AtomicBool,
-    waiting_on_client: AtomicBool,
-}
-
-/// The coarse monotonic clock in milliseconds: a vDSO read of the last tick, cheap enough to
-/// take after every system call of the data path.
-fn coarse_ms() -> u64 {
-    #[cfg(target_os = "linux")]
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
-    #[cfg(not(target_os = "linux"))]
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    (t.tv_sec as u64)
-        .saturating_mul(1000)
-        .saturating_add(t.tv_nsec as u64 / 1_000_000)
-}
-
-impl Shared {
-    fn new() -> Shared {
-        let now = coarse_ms();
-        Shared {
-            one_ended: AtomicBool::new(false),
-            client: AtomicU64::new(now),
-            server: AtomicU64::new(now),
-            waiting_on_server: AtomicBool::new(false),
-            waiting_on_client: AtomicBool::new(false),
-        }
-    }
-
-    fn mark(&self, side: Side) {
-        let leg = match side {
-            Side::Downstream => &self.client,
-            Side::Upstream => &self.server,
-        };
-        leg.store(coarse_ms(), Ordering::Relaxed);
-    }
-
-    /// The next moment an inactivity timeout could fire, and which one.
-    fn deadline(&self, idle: Idle) -> (u64, Inactivity, u32) {
-        let now = coarse_ms();
-        // A leg whose direction waits on the other leg counts as moving now.
-        let fresh = |leg: &AtomicU64, excused: &AtomicBool| {
-            if excused.load(Ordering::Relaxed) {
-                now
-            } else {
-                leg.load(Ordering::Relaxed)
-            }
-        };
-        let client = fresh(&self.client, &self.waiting_on_server);
-        let server = fresh(&self.server, &self.waiting_on_client);
-        let at = |last: u64, ms: u32| last.saturating_add(u64::from(ms));
-        match idle {
-            Idle::Tunnel { ms } => (at(client.max(server), ms), Inactivity::Tunnel, ms),
-            Idle::Legs {
-                client_ms,
-                server_ms,
-            } => {
-                let (cd, sd) = (at(client, client_ms), at(server, server_ms));
-                if cd <= sd {
-                    (cd, Inactivity::Client, client_ms)
-                } else {
-                    (sd, Inactivity::Server, server_ms)
-                }
-            }
-        }
-    }
-}
-
-/// Resolves when an inactivity timeout fires. One timer, re-armed whenever the connection
-/// moved in the meantime. The caller boxes this future, so a connection's own future carries
-/// only a pointer to it.
-async fn inactive(activity: &Shared, idle: Idle) -> ForwardError {
-    let timer = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(timer);
-    loop {
-        let (deadline, which, after) = activity.deadline(idle);
-        let now = coarse_ms();
-        if now >= deadline {
-            return ForwardError::Inactive {
-                which,
-                after: Duration::from_millis(after.into()),
-            };
-        }
-        // The coarse clock lags the timer by up to one tick: wake a little late rather than
-        // early.
-        let wait = Duration::from_millis(deadline - now + 5);
-        timer.as_mut().reset(tokio::time::Instant::now() + wait);
-        timer.as_mut().await;
-    }
 }
 
 /// How a direction ended on the path that started it.

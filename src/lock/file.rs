@@ -172,9 +172,11 @@ impl FileLock {
         st.waiting = true;
         drop(st);
         let (path, handoff) = (self.path.clone(), self.handoff.clone());
+        // The waiter logs in its coordinator's span.
+        let span = tracing::Span::current();
         let spawned = std::thread::Builder::new()
             .name("lockgate-flock".to_owned())
-            .spawn(move || wait_for_lock(&path, &handoff));
+            .spawn(move || span.in_scope(|| wait_for_lock(&path, &handoff)));
         if let Err(e) = spawned {
             let mut st = self.handoff.lock();
             st.waiting = false;
@@ -252,7 +254,11 @@ impl FileLock {
             .await;
         let path = self.display();
         if let Err(e) = unlock {
-            tracing::warn!(file = %path, error = %e, "could not unlock the lock file; it is freed when the file closes");
+            tracing::warn!(
+                file = %path,
+                error = %e,
+                "could not unlock the lock file; it is freed when the file closes"
+            );
         }
     }
 }
@@ -318,7 +324,10 @@ fn block_until_locked(path: &Path, handoff: &Handoff) -> Result<Option<Held>, Lo
             Ok(()) => {}
             Err(e) if is_contended(&e) => {
                 if !said_standby {
-                    tracing::info!(file = %path.display(), "lock is held elsewhere: standing by, waiting on the lock");
+                    tracing::info!(
+                        file = %path.display(),
+                        "lock is held elsewhere: standing by, waiting on the lock"
+                    );
                     said_standby = true;
                 }
                 fs2::FileExt::lock_exclusive(&file).map_err(&err)?;
@@ -371,7 +380,11 @@ fn take_fcntl_lock(file: &File, path: &Path, said_standby: &mut bool) -> Result<
         Err(e) => return Err(err(e.into())),
     }
     if !*said_standby {
-        tracing::info!(file = %path.display(), "lock file is locked with fcntl by another process (a broker's own file lock?): standing by, waiting on the lock");
+        tracing::info!(
+            file = %path.display(),
+            "lock file is locked with fcntl by another process (a broker's own file lock?): \
+             standing by, waiting on the lock"
+        );
         *said_standby = true;
     }
     loop {
@@ -460,18 +473,26 @@ mod tests {
 
     async fn take(l: &mut FileLock, node: &str) -> u64 {
         l.contend(node, 0);
+        arrives(l).await
+    }
+
+    /// The term of the lock once it arrives to a contending `l`.
+    async fn arrives(l: &mut FileLock) -> u64 {
         tokio::time::timeout(Duration::from_secs(10), l.acquired())
             .await
             .unwrap()
             .unwrap()
     }
 
+    fn closed() -> crate::gate::Closed {
+        crate::gate::Closed::initially()
+    }
+
     #[tokio::test]
     async fn the_standby_gets_the_lock_when_the_holder_releases() {
         let dir = tempfile::tempdir().unwrap();
         let t = Duration::from_secs(5);
-        let mut a = FileLock::new(dir.path(), "l", t);
-        let mut b = FileLock::new(dir.path(), "l", t);
+        let [mut a, mut b] = [0, 1].map(|_| FileLock::new(dir.path(), "l", t));
         assert_eq!(take(&mut a, "a").await, 1);
         b.contend("b", 0);
         // b waits while a holds.
@@ -485,32 +506,27 @@ mod tests {
             Observed::Held(Some(r)) => assert_eq!((r.term, r.node_id.as_str()), (1, "a")),
             other => panic!("unexpected {other:?}"),
         }
-        a.release(&crate::gate::Closed::initially()).await;
+        a.release(&closed()).await;
         // Terms grow across holders: b's follows a's record.
-        let term = tokio::time::timeout(Duration::from_secs(10), b.acquired())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(term, 2);
+        assert_eq!(arrives(&mut b).await, 2);
     }
 
     #[tokio::test]
     async fn a_lock_arriving_after_withdraw_is_released_and_the_thread_reused() {
         let dir = tempfile::tempdir().unwrap();
         let t = Duration::from_secs(5);
-        let mut a = FileLock::new(dir.path(), "l", t);
-        let mut b = FileLock::new(dir.path(), "l", t);
+        let [mut a, mut b] = [0, 1].map(|_| FileLock::new(dir.path(), "l", t));
         take(&mut a, "a").await;
         for _ in 0..20 {
             b.contend("b", 0);
             b.withdraw();
         }
         assert!(b.waiting(), "one waiter stays blocked");
-        a.release(&crate::gate::Closed::initially()).await;
+        a.release(&closed()).await;
         // b's waiter gets the lock, finds nobody wants it, releases it and ends; then a can
         // take it again.
         assert_eq!(take(&mut a, "a").await, 2);
-        a.release(&crate::gate::Closed::initially()).await;
+        a.release(&closed()).await;
         let mut c = FileLock::new(dir.path(), "l", t);
         assert_eq!(take(&mut c, "c").await, 3);
     }
@@ -539,12 +555,8 @@ mod tests {
         }
         let mut b = FileLock::new(dir.path(), "l", t);
         b.contend("b", 0);
-        a.release(&crate::gate::Closed::initially()).await;
-        let term = tokio::time::timeout(Duration::from_secs(10), b.acquired())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(term, 2);
+        a.release(&closed()).await;
+        assert_eq!(arrives(&mut b).await, 2);
         // Dropping the holder frees the lock.
         drop(b);
         let mut c = FileLock::new(dir.path(), "l", t);

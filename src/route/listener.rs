@@ -1,4 +1,8 @@
 //! Binding a listener and serving the connections it accepts.
+//!
+//! A little over 600 lines, a third of them tests: a route's settings and metric handles, the
+//! accept loop and one connection's life (connect, PROXY header, forward, reset) read as one
+//! story, and the test of a connection's future size needs them together.
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,12 +16,15 @@ use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::{Instrument as _, debug, info_span, warn};
 
 use crate::config::{ProxyProtocol, RouteConfig};
-use crate::forward::{self, Counters};
+use crate::forward::{self, Counters, Side};
 use crate::lease::Lease;
-use crate::metrics as m;
+use crate::metrics::{
+    ACCEPT_ERRORS, CONNECTIONS, CONNECTIONS_ACTIVE, CONNECTIONS_TIMED_OUT, FORWARD_ERRORS,
+    FORWARDED_BYTES, ROUTE_LISTENING, UPSTREAM_CONNECT_ERRORS, UPSTREAM_CONNECT_SECONDS,
+};
 
 /// Pending connections the kernel queues for us.
 const BACKLOG: i32 = 1024;
@@ -40,6 +47,8 @@ pub struct RouteRuntime {
     connect_seconds: Histogram,
     /// `lockgate_upstream_connect_errors_total` by cause: refused, error, timeout.
     connect_errors: [Counter; 3],
+    /// `lockgate_forward_errors_total` by the side that failed: client, upstream.
+    forward_errors: [Counter; 2],
     /// At most one WARN line per cause per second for failed upstream connects.
     connect_error_log: LogLimiter,
     /// Readable copies of the gauges, for the admin endpoint.
@@ -121,28 +130,50 @@ impl RouteRuntime {
         suspicion: Option<crate::health::Suspicion>,
     ) -> Arc<RouteRuntime> {
         let r = cfg.name.clone();
-        m::register_route(&r, cfg.lock.is_some());
+        crate::metrics::register_route(&r, cfg.lock.is_some());
         Arc::new(RouteRuntime {
             counters: Counters {
-                to_upstream: metrics::counter!(m::FORWARDED_BYTES, "route" => r.clone(), "direction" => "to_upstream"),
-                to_downstream: metrics::counter!(m::FORWARDED_BYTES, "route" => r.clone(), "direction" => "to_downstream"),
+                to_upstream: metrics::counter!(
+                    FORWARDED_BYTES, "route" => r.clone(), "direction" => "to_upstream"
+                ),
+                to_downstream: metrics::counter!(
+                    FORWARDED_BYTES, "route" => r.clone(), "direction" => "to_downstream"
+                ),
             },
-            connections: metrics::counter!(m::CONNECTIONS, "route" => r.clone()),
-            active: metrics::gauge!(m::CONNECTIONS_ACTIVE, "route" => r.clone()),
-            listening: metrics::gauge!(m::ROUTE_LISTENING, "route" => r.clone()),
-            accept_errors_fd: metrics::counter!(m::ACCEPT_ERRORS, "route" => r.clone(), "reason" => "out_of_fds"),
-            accept_errors_other: metrics::counter!(m::ACCEPT_ERRORS, "route" => r.clone(), "reason" => "other"),
+            connections: metrics::counter!(CONNECTIONS, "route" => r.clone()),
+            active: metrics::gauge!(CONNECTIONS_ACTIVE, "route" => r.clone()),
+            listening: metrics::gauge!(ROUTE_LISTENING, "route" => r.clone()),
+            accept_errors_fd: metrics::counter!(
+                ACCEPT_ERRORS, "route" => r.clone(), "reason" => "out_of_fds"
+            ),
+            accept_errors_other: metrics::counter!(
+                ACCEPT_ERRORS, "route" => r.clone(), "reason" => "other"
+            ),
             connect_errors: ConnectFailure::ALL.map(|c| {
-                metrics::counter!(m::UPSTREAM_CONNECT_ERRORS, "route" => r.clone(), "reason" => c.reason())
+                metrics::counter!(
+                    UPSTREAM_CONNECT_ERRORS, "route" => r.clone(), "reason" => c.reason()
+                )
             }),
+            forward_errors: [Side::Downstream, Side::Upstream].map(
+                |s| metrics::counter!(FORWARD_ERRORS, "route" => r.clone(), "side" => s.label()),
+            ),
             connect_error_log: LogLimiter::default(),
-            connect_seconds: metrics::histogram!(m::UPSTREAM_CONNECT_SECONDS, "route" => r),
+            connect_seconds: metrics::histogram!(UPSTREAM_CONNECT_SECONDS, "route" => r),
             active_now: AtomicU64::new(0),
             listening_now: AtomicBool::new(false),
             upstream_is_loopback: is_loopback(&cfg.forward_to),
             suspicion,
             cfg,
         })
+    }
+
+    /// Counts a connection that ended on a failed read or write of `side`.
+    fn forward_failed(&self, side: Side) {
+        let [client, upstream] = &self.forward_errors;
+        match side {
+            Side::Downstream => client.increment(1),
+            Side::Upstream => upstream.increment(1),
+        }
     }
 
     pub fn set_listening(&self, on: bool) {
@@ -260,7 +291,8 @@ fn timed_out(e: &forward::ForwardError) -> Option<&'static str> {
 }
 
 /// Accepts until `stop` (then drops the listener: new connects are refused). Each connection
-/// runs on `tracker` and is reset when `kill` fires.
+/// runs on `tracker`, in a span `conn{peer=<address>}` (a child of the route's), and is reset
+/// when `kill` fires.
 pub async fn accept_loop(
     listener: Arc<TcpListener>,
     route: Arc<RouteRuntime>,
@@ -269,7 +301,6 @@ pub async fn accept_loop(
     tracker: TaskTracker,
     lease: Lease,
 ) {
-    let name = route.cfg.name.as_str();
     let mut backoff = Duration::ZERO;
     loop {
         let accepted = tokio::select! {
@@ -281,22 +312,14 @@ pub async fn accept_loop(
             Ok((stream, peer)) => {
                 backoff = Duration::ZERO;
                 route.connections.increment(1);
-                tracker.spawn(serve(
-                    stream,
-                    peer,
-                    route.clone(),
-                    kill.clone(),
-                    lease.clone(),
-                ));
+                let conn = serve(stream, peer, route.clone(), kill.clone(), lease.clone());
+                tracker.spawn(conn.instrument(info_span!("conn", %peer)));
             }
             // The listener was shut under us: not an error, the end.
             Err(_) if stop.is_cancelled() => break,
             Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {
                 route.accept_errors_other.increment(1);
-                debug!(
-                    route = name,
-                    "a client gave up before its connection was accepted"
-                );
+                debug!("a client gave up before its connection was accepted");
             }
             Err(e) => {
                 if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
@@ -305,7 +328,11 @@ pub async fn accept_loop(
                     route.accept_errors_other.increment(1);
                 }
                 backoff = (backoff * 2).clamp(ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX);
-                warn!(route = name, error = %explain(&e), backoff_ms = backoff.as_millis() as u64, "cannot accept a connection; backing off");
+                warn!(
+                    error = %explain(&e),
+                    backoff_ms = backoff.as_millis() as u64,
+                    "cannot accept a connection; backing off"
+                );
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(backoff) => {}
@@ -373,7 +400,7 @@ async fn send_proxy_v2(
     let local = downstream
         .local_addr()
         .map_err(|source| forward::ForwardError::Io {
-            side: forward::Side::Downstream,
+            side: Side::Downstream,
             source,
         })?;
     let header = forward::proxy_protocol::v2_header(peer, local);
@@ -434,7 +461,13 @@ async fn serve(
             }
             route.connect_errors[cause as usize].increment(1);
             if let Some(failures) = route.connect_error_log.event(cause) {
-                warn!(route = name, %peer, upstream = %route.cfg.forward_to, error = %explain(&e), failures, "cannot connect to the upstream; closing the client's connection (failures: how many since the last such line)");
+                warn!(
+                    upstream = %route.cfg.forward_to,
+                    error = %explain(&e),
+                    failures,
+                    "cannot connect to the upstream; closing the client's connection (failures: \
+                     how many since the last such line)"
+                );
             }
             reset(downstream);
             return;
@@ -442,7 +475,13 @@ async fn serve(
         Err(_) => {
             route.connect_errors[ConnectFailure::Timeout as usize].increment(1);
             if let Some(failures) = route.connect_error_log.event(ConnectFailure::Timeout) {
-                warn!(route = name, %peer, upstream = %route.cfg.forward_to, timeout_ms = route.cfg.connect_timeout.as_millis() as u64, failures, "upstream did not answer the connect in time; closing the client's connection (failures: how many since the last such line)");
+                warn!(
+                    upstream = %route.cfg.forward_to,
+                    timeout_ms = route.cfg.connect_timeout.as_millis() as u64,
+                    failures,
+                    "upstream did not answer the connect in time; closing the client's connection \
+                     (failures: how many since the last such line)"
+                );
             }
             reset(downstream);
             return;
@@ -468,13 +507,23 @@ async fn serve(
     };
     match result {
         Some(Ok(t)) => {
-            debug!(route = name, %peer, to_upstream = t.to_upstream, to_downstream = t.to_downstream, spliced = t.spliced, "connection closed");
+            debug!(
+                to_upstream = t.to_upstream,
+                to_downstream = t.to_downstream,
+                spliced = t.spliced,
+                "connection closed"
+            );
         }
         Some(Err(e)) => {
-            if let Some(reason) = timed_out(&e) {
-                metrics::counter!(m::CONNECTIONS_TIMED_OUT, "route" => name.to_owned(), "reason" => reason).increment(1);
+            if let forward::ForwardError::Io { side, .. } = &e {
+                route.forward_failed(*side);
             }
-            debug!(route = name, %peer, error = %e, "connection ended abnormally; resetting both legs");
+            if let Some(reason) = timed_out(&e) {
+                let route = name.to_owned();
+                metrics::counter!(CONNECTIONS_TIMED_OUT, "route" => route, "reason" => reason)
+                    .increment(1);
+            }
+            debug!(error = %e, "connection ended abnormally; resetting both legs");
             reset(downstream);
             reset(upstream);
         }
@@ -499,12 +548,18 @@ mod tests {
         assert!(!is_loopback("broker-b:61626"));
     }
 
+    /// A listener bound as a route's is, one client connected to it, and the accepted socket
+    /// with the client's address.
+    async fn accepted() -> (TcpListener, TcpStream, TcpStream, SocketAddr) {
+        let l = bind("127.0.0.1:0".parse().unwrap(), Duration::from_millis(7000)).unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, peer) = l.accept().await.unwrap();
+        (l, client, s, peer)
+    }
+
     #[tokio::test]
     async fn accepted_sockets_inherit_nodelay_keepalive_and_user_timeout() {
-        let l = bind("127.0.0.1:0".parse().unwrap(), Duration::from_millis(7000)).unwrap();
-        let addr = l.local_addr().unwrap();
-        let _c = TcpStream::connect(addr).await.unwrap();
-        let (s, _) = l.accept().await.unwrap();
+        let (_l, _c, s, _) = accepted().await;
         let r = SockRef::from(&s);
         assert!(s.nodelay().unwrap());
         assert!(r.keepalive().unwrap());
@@ -546,10 +601,8 @@ mod tests {
     /// timeouts, whose shared stamps and boxed timer pointer added 64 B.
     #[tokio::test]
     async fn a_connection_future_stays_small() {
-        let l = bind("127.0.0.1:0".parse().unwrap(), Duration::from_millis(7000)).unwrap();
+        let (l, _c, s, peer) = accepted().await;
         let addr = l.local_addr().unwrap();
-        let _c = TcpStream::connect(addr).await.unwrap();
-        let (s, peer) = l.accept().await.unwrap();
         let cfg = crate::config::Config::from_str(
             &format!(
                 "[[route]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nforward-to = \"{addr}\"\n"

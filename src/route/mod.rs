@@ -15,11 +15,11 @@ use anyhow::Context as _;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{Instrument as _, Span, info, info_span, warn};
 
 use crate::gate::Gate;
 use crate::lease::Lease;
-use crate::metrics as m;
+use crate::metrics::{CONNECTIONS_KILLED, ROUTE_BIND_ERRORS};
 use listener::RouteRuntime;
 
 /// A bound listener and the connections it carries. Dropping it (even in a panic) stops the
@@ -34,6 +34,9 @@ struct Bound {
     kill: CancellationToken,
     accept: JoinHandle<()>,
     conns: TaskTracker,
+    /// `route{route=<name>}`: the accept loop runs in it, each connection in a child span of
+    /// it, and this listener's own events are logged in it.
+    span: Span,
 }
 
 impl Bound {
@@ -45,16 +48,19 @@ impl Bound {
         let stop_accepting = CancellationToken::new();
         let kill = CancellationToken::new();
         let conns = TaskTracker::new();
-        let accept = tokio::spawn(listener::accept_loop(
+        let span = info_span!("route", route = %route.cfg.name);
+        let accept = listener::accept_loop(
             listener.clone(),
             route.clone(),
             stop_accepting.clone(),
             kill.clone(),
             conns.clone(),
             lease,
-        ));
+        );
+        let accept = tokio::spawn(accept.instrument(span.clone()));
         route.set_listening(true);
-        info!(route = %route.cfg.name, listen = %route.cfg.listen, forward_to = %route.cfg.forward_to, "route listening");
+        let (listen, forward_to) = (&route.cfg.listen, &route.cfg.forward_to);
+        span.in_scope(|| info!(%listen, %forward_to, "route listening"));
         Ok(Bound {
             route: route.clone(),
             listener,
@@ -62,6 +68,7 @@ impl Bound {
             kill,
             accept,
             conns,
+            span,
         })
     }
 
@@ -71,7 +78,8 @@ impl Bound {
         self.stop_accepting.cancel();
         listener::shut(&self.listener);
         if let Err(e) = (&mut self.accept).await {
-            warn!(route = %self.route.cfg.name, error = %e, "accept task ended abnormally");
+            self.span
+                .in_scope(|| warn!(error = %e, "accept task ended abnormally"));
         }
         self.route.set_listening(false);
     }
@@ -80,9 +88,11 @@ impl Bound {
     async fn kill(self, reason: &'static str) {
         let left = self.conns.len();
         if left > 0 {
-            metrics::counter!(m::CONNECTIONS_KILLED, "route" => self.route.cfg.name.clone(), "reason" => reason)
+            let route = self.route.cfg.name.clone();
+            metrics::counter!(CONNECTIONS_KILLED, "route" => route, "reason" => reason)
                 .increment(left as u64);
-            info!(route = %self.route.cfg.name, connections = left, reason, "resetting connections");
+            self.span
+                .in_scope(|| info!(connections = left, reason, "resetting connections"));
         }
         self.kill.cancel();
         self.conns.close();
@@ -92,7 +102,9 @@ impl Bound {
     /// Gated close: listener first, then every connection, at once.
     async fn close(mut self, reason: &'static str) {
         self.stop_accepting().await;
-        info!(route = %self.route.cfg.name, listen = %self.route.cfg.listen, reason, "route closed");
+        let listen = self.route.cfg.listen;
+        self.span
+            .in_scope(|| info!(%listen, reason, "route closed"));
         self.kill(reason).await;
     }
 
@@ -103,7 +115,10 @@ impl Bound {
             .await
             .is_err()
         {
-            warn!(route = %self.route.cfg.name, grace_ms = grace.as_millis() as u64, reason, "connections still open after the drain");
+            let grace_ms = grace.as_millis() as u64;
+            self.span.in_scope(|| {
+                warn!(grace_ms, reason, "connections still open after the drain");
+            });
         }
         self.kill(reason).await;
     }
@@ -176,7 +191,8 @@ impl Gate for GatedRoutes {
             match Bound::bind(route, lease.clone()) {
                 Ok(b) => self.bound.push(b),
                 Err(e) => {
-                    metrics::counter!(m::ROUTE_BIND_ERRORS, "route" => route.cfg.name.clone(), "reason" => m::bind_reason(&e))
+                    let (name, reason) = (route.cfg.name.clone(), crate::metrics::bind_reason(&e));
+                    metrics::counter!(ROUTE_BIND_ERRORS, "route" => name, "reason" => reason)
                         .increment(1);
                     let message = format!(
                         "route \"{}\": cannot listen on {}: {}",
@@ -184,7 +200,7 @@ impl Gate for GatedRoutes {
                         route.cfg.listen,
                         listener::explain(&e)
                     );
-                    self.shut("bind_failed").await;
+                    self.close("bind_failed").await;
                     return Err(message);
                 }
             }
@@ -192,17 +208,20 @@ impl Gate for GatedRoutes {
         Ok(())
     }
 
-    async fn shut(&mut self, reason: &'static str) {
+    async fn close(&mut self, reason: &'static str) {
         while let Some(b) = self.bound.pop() {
             b.close(reason).await;
         }
     }
 
-    async fn shut_draining(&mut self, drain: Duration) {
+    async fn close_draining(&mut self, drain: Duration) {
         // Every listener first (reverse order), then one shared drain window.
         for b in self.bound.iter_mut().rev() {
             b.stop_accepting().await;
-            info!(route = %b.route.cfg.name, listen = %b.route.cfg.listen, drain_ms = drain.as_millis() as u64, "route closed for a step-down; draining");
+            let (listen, drain_ms) = (b.route.cfg.listen, drain.as_millis() as u64);
+            b.span.in_scope(|| {
+                info!(%listen, drain_ms, "route closed for a step-down; draining");
+            });
         }
         let deadline = tokio::time::Instant::now() + drain;
         while let Some(b) = self.bound.pop() {
