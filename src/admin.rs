@@ -174,7 +174,8 @@ pub async fn serve(
             let reason = reason.unwrap_or("limit");
             // One line per second at most: a flood must not become a log flood.
             if refused_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                warn!(%peer, reason, max_connections, "admin connection refused (see lockgate_admin_connections_refused_total)");
+                warn!(%peer, reason, max_connections, "admin connection refused (see \
+                    lockgate_admin_connections_refused_total)");
                 refused_logged = Some(std::time::Instant::now());
             }
             refuse(stream, reason);
@@ -239,7 +240,8 @@ fn query_ms(query: Option<&str>, key: &str) -> Result<Option<Duration>, String> 
             return match v.parse::<u64>() {
                 Ok(n) if n <= MAX_COMMAND_MS => Ok(Some(Duration::from_millis(n))),
                 _ => Err(format!(
-                    "{key} must be a whole number of milliseconds from 0 to {MAX_COMMAND_MS} (one day)"
+                    "{key} must be a whole number of milliseconds from 0 to {MAX_COMMAND_MS} \
+                        (one day)"
                 )),
             };
         }

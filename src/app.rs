@@ -28,9 +28,12 @@ use tracing::{error, info, warn};
 use crate::admin::{self, LockEntry};
 use crate::config::{Config, CoordinatorConfig, RouteConfig};
 use crate::coordinator::Coordinator;
+use crate::metrics::{
+    CONFIG_RELOAD_ERRORS, CONFIG_RELOADS, LOCK_IDENTITY_CHANGES, ROUTE_BIND_ERRORS,
+};
 use crate::route::listener::{self, RouteRuntime};
 use crate::route::{GatedRoutes, OpenRoute};
-use crate::{health, metrics as m, systemd};
+use crate::{health, systemd};
 
 /// Runs lockgate until `shutdown` completes, then stops in order and returns.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -46,7 +49,7 @@ pub async fn run_with_reload(
     hurry: impl Future<Output = ()>,
     mut reloads: mpsc::Receiver<()>,
 ) -> anyhow::Result<()> {
-    let metrics = match m::install() {
+    let metrics = match crate::metrics::install() {
         Ok(h) => Some(h),
         Err(e) => {
             warn!(error = %e, "metrics recorder not installed; /metrics will be empty");
@@ -77,7 +80,8 @@ pub async fn run_with_reload(
         tokio::select! {
             _ = &mut shutdown => break,
             Some(name) = died.recv() => {
-                error!(lock = %name, "a lock coordinator ended unexpectedly (its gate is closed); stopping so that the service manager restarts lockgate");
+                error!(lock = %name, "a lock coordinator ended unexpectedly (its gate is \
+                    closed); stopping so that the service manager restarts lockgate");
                 dead = Some(name);
                 break;
             }
@@ -92,7 +96,8 @@ pub async fn run_with_reload(
     let stopped = tokio::select! {
         _ = app.stop(deadline) => true,
         _ = tokio::time::sleep_until(deadline + RESET_ALLOWANCE) => {
-            warn!(grace_ms = grace.as_millis() as u64, "shutdown-grace-ms is over: exiting with what is left open reset");
+            warn!(grace_ms = grace.as_millis() as u64, "shutdown-grace-ms is over: exiting with \
+                what is left open reset");
             false
         }
         _ = hurry => {
@@ -300,7 +305,7 @@ impl App {
         let new = match Config::load_bounded(&self.config.source, crate::config::LOAD_BOUND).await {
             Ok(c) => c,
             Err(e) => {
-                metrics::counter!(m::CONFIG_RELOAD_ERRORS).increment(1);
+                metrics::counter!(CONFIG_RELOAD_ERRORS).increment(1);
                 error!(error = %e, "reload refused; the running configuration stays");
                 systemd::status(&format!("reload failed: {e}"));
                 systemd::ready();
@@ -363,8 +368,14 @@ impl App {
             if !self.open.contains_key(&r.name)
                 && let Err(e) = self.start_open(r)
             {
-                metrics::counter!(m::ROUTE_BIND_ERRORS, "route" => r.name.clone(), "reason" => "reload").increment(1);
-                error!(route = %r.name, error = format!("{e:#}"), "reload: cannot open the route; the rest of the new configuration applies");
+                metrics::counter!(
+                    ROUTE_BIND_ERRORS,
+                    "route" => r.name.clone(),
+                    "reason" => "reload"
+                )
+                .increment(1);
+                error!(route = %r.name, error = format!("{e:#}"), "reload: cannot open the \
+                    route; the rest of the new configuration applies");
             }
         }
         for c in &new.coordinators {
@@ -379,7 +390,7 @@ impl App {
         }
         self.config = new;
         self.draining.retain(|d| !d.is_finished());
-        metrics::counter!(m::CONFIG_RELOADS).increment(1);
+        metrics::counter!(CONFIG_RELOADS).increment(1);
         info!("configuration reloaded");
         systemd::status("configuration reloaded");
         systemd::ready();
@@ -404,8 +415,11 @@ impl App {
                 .ok()
                 .and_then(|l| l.get(name).map(|l| l.state.borrow().held))
                 .unwrap_or(false);
-            metrics::counter!(m::LOCK_IDENTITY_CHANGES, "lock" => name.clone()).increment(1);
-            warn!(lock = %name, held, changes = %changes.join(", "), "reload changes the identity of this lock: this node now contends for another lock than its peer, so both may serve until every node runs the same identity; change it with the lock released on every node (see the README, \"Changing a lock's identity\")");
+            metrics::counter!(LOCK_IDENTITY_CHANGES, "lock" => name.clone()).increment(1);
+            warn!(lock = %name, held, changes = %changes.join(", "), "reload changes the \
+                identity of this lock: this node now contends for another lock than its peer, \
+                so both may serve until every node runs the same identity; change it with the \
+                lock released on every node (see the README, \"Changing a lock's identity\")");
         }
     }
 

@@ -30,10 +30,12 @@ use std::sync::Arc;
 use tokio::net::TcpSocket;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{Instrument as _, info, info_span, warn};
 
 use crate::config::HealthConfig;
-use crate::metrics as m;
+use crate::metrics::{
+    HEALTH_CHECK_FAILURES, HEALTH_CHECK_LOCAL_ERRORS, HEALTH_CHECK_TRIGGERED, HEALTH_CHECK_UP,
+};
 
 /// Consecutive-result counting: up after `rise` successes in a row, down after `fall`
 /// failures in a row. Starts down: a broker must prove itself before we contend.
@@ -105,12 +107,16 @@ pub fn spawn(
     };
     let (tx, rx) = watch::channel(false);
     let lock = lock.to_owned();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = cancel.cancelled() => {}
-            _ = probe_loop(&lock, &cfg, &suspicion, &tx) => {}
+    let span = info_span!("health", lock = %lock);
+    tokio::spawn(
+        async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = probe_loop(&lock, &cfg, &suspicion, &tx) => {}
+            }
         }
-    });
+        .instrument(span),
+    );
     rx
 }
 
@@ -192,14 +198,15 @@ async fn probe_loop(
     suspicion: &Suspicion,
     tx: &watch::Sender<bool>,
 ) {
-    let up_gauge = metrics::gauge!(m::HEALTH_CHECK_UP, "lock" => lock.to_owned());
-    let triggered = metrics::counter!(m::HEALTH_CHECK_TRIGGERED, "lock" => lock.to_owned());
-    let failures = metrics::counter!(m::HEALTH_CHECK_FAILURES, "lock" => lock.to_owned());
-    let local_errors = metrics::counter!(m::HEALTH_CHECK_LOCAL_ERRORS, "lock" => lock.to_owned());
+    let up_gauge = metrics::gauge!(HEALTH_CHECK_UP, "lock" => lock.to_owned());
+    let triggered = metrics::counter!(HEALTH_CHECK_TRIGGERED, "lock" => lock.to_owned());
+    let failures = metrics::counter!(HEALTH_CHECK_FAILURES, "lock" => lock.to_owned());
+    let local_errors = metrics::counter!(HEALTH_CHECK_LOCAL_ERRORS, "lock" => lock.to_owned());
     let mut reserved = None;
     let mut local_streak = false;
     up_gauge.set(0.0);
-    info!(lock, address = %cfg.address, rise = cfg.rise, "waiting for the local broker's health check before contending for the lock");
+    info!(address = %cfg.address, rise = cfg.rise, "waiting for the local broker's health check \
+        before contending for the lock");
     let mut state = RiseFall::new(cfg.rise, cfg.fall);
     let mut ticker = tokio::time::interval(cfg.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -215,7 +222,9 @@ async fn probe_loop(
         } else {
             tokio::select! {
                 biased;
-                _ = suspicion.0.notified(), if cfg.observe_connects && state.is_up() => Next::Suspected,
+                _ = suspicion.0.notified(), if cfg.observe_connects && state.is_up() => {
+                    Next::Suspected
+                }
                 _ = ticker.tick() => Next::Tick,
             }
         };
@@ -232,20 +241,24 @@ async fn probe_loop(
                 confirming = false;
                 local_errors.increment(1);
                 if !local_streak {
-                    warn!(lock, address = %cfg.address, error = %e, "health probe could not run: a local resource error on this node (out of file descriptors or memory), not a broker failure; it counts neither way and the lock stays where it is");
+                    warn!(address = %cfg.address, error = %e, "health probe could not run: a \
+                        local resource error on this node (out of file descriptors or memory), \
+                        not a broker failure; it counts neither way and the lock stays where it \
+                        is");
                     local_streak = true;
                 }
                 continue;
             }
         };
         if local_streak {
-            info!(lock, address = %cfg.address, "health probes run again");
+            info!(address = %cfg.address, "health probes run again");
             local_streak = false;
         }
         if let Err(e) = &result {
             failures.increment(1);
             if last_error.as_deref() != Some(e) {
-                warn!(lock, address = %cfg.address, error = %e, "health probe of the local broker failed");
+                warn!(address = %cfg.address, error = %e, "health probe of the local broker \
+                    failed");
                 last_error = Some(e.clone());
             }
         } else {
@@ -256,9 +269,15 @@ async fn probe_loop(
         if let Some(up) = flipped {
             up_gauge.set(if up { 1.0 } else { 0.0 });
             if up {
-                info!(lock, address = %cfg.address, "local broker is up: contending for the lock");
+                info!(address = %cfg.address, "local broker is up: contending for the lock");
             } else {
-                warn!(lock, address = %cfg.address, fall = cfg.fall, confirmed_fast = (next != Next::Tick), "local broker is down: giving up the lock");
+                warn!(
+                    address = %cfg.address,
+                    fall = cfg.fall,
+                    confirmed_fast = (next != Next::Tick),
+                    "local broker is down: withdrawing from the lock (a held one is released once \
+                    its gate closes)"
+                );
             }
             tx.send_replace(up);
         }

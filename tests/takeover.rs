@@ -149,5 +149,5 @@ async fn one_flaky_connect_does_not_move_the_lock() {
         assert!(serves(p.ports[0]).await, "node0 stopped serving");
         assert!(!serves(p.ports[1]).await, "node1 serves: the lock moved");
     }
-    assert!(!p.nodes[0].log_text().contains("giving up the lock"));
+    assert!(!p.nodes[0].log_text().contains("withdrawing from the lock"));
 }

@@ -90,7 +90,8 @@ async fn observe_fresh(state: &State, name: &str, cfg: &CoordinatorConfig) -> se
                 o.insert("age_ms".into(), (at.elapsed().as_millis() as u64).into());
             }
             if slot.in_flight.load(Ordering::Acquire) && !recent {
-                return serde_json::json!({ "error": "a read of the lock service is still running (storage not answering?)", "last": v });
+                return serde_json::json!({ "error": "a read of the lock service is still \
+                    running (storage not answering?)", "last": v });
             }
             return v;
         }
@@ -98,7 +99,11 @@ async fn observe_fresh(state: &State, name: &str, cfg: &CoordinatorConfig) -> se
     };
     let value = match tokio::time::timeout(FRESH_BOUND, read_holder(cfg, flag.clone())).await {
         Ok(Ok((lock::Observed::Held(Some(r)), queue))) => {
-            serde_json::json!({ "held": true, "holder": Holder::from(&r), "queue": holders(&queue) })
+            serde_json::json!({
+                "held": true,
+                "holder": Holder::from(&r),
+                "queue": holders(&queue),
+            })
         }
         Ok(Ok((lock::Observed::Held(None), queue))) => {
             serde_json::json!({ "held": true, "holder": null, "queue": holders(&queue) })

@@ -95,12 +95,15 @@ fn session_lines(c: &lockgate::config::CoordinatorConfig, sessions: &Sessions) -
             let f = z.fencing(*n);
             let mut v = vec![
                 format!(
-                    "WARNING: the servers grant a session of {} ms, not the {} ms asked (their maxSessionTimeout, 20 x tickTime by default; raise it, or lower session-ms)",
+                    "WARNING: the servers grant a session of {} ms, not the {} ms asked (their \
+                        maxSessionTimeout, 20 x tickTime by default; raise it, or lower \
+                        session-ms)",
                     ms(*n),
                     ms(z.session)
                 ),
                 format!(
-                    "with S = {} ms: a dead holder's lock passes after {} ms; a holder cut off fences after F = {} ms; margin S - C - F = {} ms (C = {} ms)",
+                    "with S = {} ms: a dead holder's lock passes after {} ms; a holder cut off \
+                        fences after F = {} ms; margin S - C - F = {} ms (C = {} ms)",
                     ms(*n),
                     ms(*n),
                     ms(f.fence_after),
@@ -109,7 +112,11 @@ fn session_lines(c: &lockgate::config::CoordinatorConfig, sessions: &Sessions) -
                 ),
             ];
             if !f.is_safe() {
-                v.push("with that session no safe fencing margin is left: the daemon fences at once on any disconnection".to_owned());
+                v.push(
+                    "with that session no safe fencing margin is left: the daemon fences at \
+                    once on any disconnection"
+                        .to_owned(),
+                );
             }
             v
         }

@@ -56,7 +56,13 @@ fn lock_command(config: &Config, lock: &str, path: &str, json: bool) -> ExitCode
         if json {
             outln!(
                 "{}",
-                serde_json::json!({ "ok": false, "lock": lock, "error": kind, "message": message, "exit_code": code })
+                serde_json::json!({
+                    "ok": false,
+                    "lock": lock,
+                    "error": kind,
+                    "message": message,
+                    "exit_code": code,
+                })
             );
         }
         ExitCode::from(code)
@@ -130,7 +136,8 @@ fn lock_command(config: &Config, lock: &str, path: &str, json: bool) -> ExitCode
                 EXIT_WRONG_DAEMON,
                 "wrong_daemon",
                 format!(
-                    "the daemon at {addr} is node \"{n}\", not \"{}\" as {} names: nothing was asked of it",
+                    "the daemon at {addr} is node \"{n}\", not \"{}\" as {} names: nothing was \
+                        asked of it",
                     config.node_id,
                     config.source.display()
                 ),
@@ -141,7 +148,8 @@ fn lock_command(config: &Config, lock: &str, path: &str, json: bool) -> ExitCode
                 EXIT_WRONG_DAEMON,
                 "wrong_daemon",
                 format!(
-                    "what answers at {addr} is not a lockgate admin endpoint (GET /status has no node_id)"
+                    "what answers at {addr} is not a lockgate admin endpoint (GET /status has \
+                        no node_id)"
                 ),
             );
         }
@@ -153,7 +161,12 @@ fn lock_command(config: &Config, lock: &str, path: &str, json: bool) -> ExitCode
             if json {
                 outln!(
                     "{}",
-                    serde_json::json!({ "ok": true, "lock": lock, "node_id": config.node_id, "result": result })
+                    serde_json::json!({
+                        "ok": true,
+                        "lock": lock,
+                        "node_id": config.node_id,
+                        "result": result,
+                    })
                 );
             } else {
                 outln!("lock {lock} on node {}: {result}", config.node_id);

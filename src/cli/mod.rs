@@ -64,7 +64,13 @@ pub fn load(path: &std::path::Path, json: bool) -> Result<Config, ExitCode> {
         if json {
             outln!(
                 "{}",
-                serde_json::json!({ "ok": false, "valid": code != EXIT_CONFIG, "error": kind, "message": message, "exit_code": code })
+                serde_json::json!({
+                    "ok": false,
+                    "valid": code != EXIT_CONFIG,
+                    "error": kind,
+                    "message": message,
+                    "exit_code": code,
+                })
             );
         }
         ExitCode::from(code)
@@ -90,7 +96,8 @@ pub fn load(path: &std::path::Path, json: bool) -> Result<Config, ExitCode> {
             EXIT_RUNTIME,
             "storage_not_answering",
             format!(
-                "storage not answering: reading {} and its locks folders took longer than {} ms (a hung shared mount?)",
+                "storage not answering: reading {} and its locks folders took longer than {} ms \
+                    (a hung shared mount?)",
                 path.display(),
                 lockgate::config::LOAD_BOUND.as_millis()
             ),
