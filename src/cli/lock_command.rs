@@ -52,20 +52,7 @@ fn encode(name: &str) -> String {
 /// daemon's answer in words (or JSON).
 fn lock_command(config: &Config, lock: &str, path: &str, json: bool) -> ExitCode {
     let fail = |code: u8, kind: &str, message: String| {
-        errln!("lockgate: {message}");
-        if json {
-            outln!(
-                "{}",
-                serde_json::json!({
-                    "ok": false,
-                    "lock": lock,
-                    "error": kind,
-                    "message": message,
-                    "exit_code": code,
-                })
-            );
-        }
-        ExitCode::from(code)
+        super::failed(json, code, ("lock", lock.into()), kind, message)
     };
     if config.coordinator(lock).is_none() {
         let names: Vec<&str> = config

@@ -54,26 +54,42 @@ pub fn emit(bytes: &[u8]) -> ExitCode {
     }
 }
 
+/// A command's failure: the message on stderr and, with `--json`, an object on stdout too
+/// (`ok`, `error`, `message`, `exit_code` and the command's own `context` field), so a script
+/// reads one stream. Returns the exit code.
+pub fn failed(
+    json: bool,
+    code: u8,
+    context: (&str, serde_json::Value),
+    kind: &str,
+    message: String,
+) -> ExitCode {
+    errln!("lockgate: {message}");
+    if json {
+        let mut object = serde_json::json!({
+            "ok": false,
+            "error": kind,
+            "message": message,
+            "exit_code": code,
+        });
+        object[context.0] = context.1;
+        outln!("{object}");
+    }
+    ExitCode::from(code)
+}
+
 /// Loads the config on a thread of its own within `LOAD_BOUND`: validation checks the locks
 /// folder, which may hang on a dead shared mount. Exit 2 for a bad config, 1 for storage that
 /// does not answer (the stuck thread is left behind; exiting ends it).
 pub fn load(path: &std::path::Path, json: bool) -> Result<Config, ExitCode> {
-    // With --json the failure is an object on stdout too, so a script reads one stream.
     let fail = |code: u8, kind: &str, message: String| {
-        errln!("lockgate: {message}");
-        if json {
-            outln!(
-                "{}",
-                serde_json::json!({
-                    "ok": false,
-                    "valid": code != EXIT_CONFIG,
-                    "error": kind,
-                    "message": message,
-                    "exit_code": code,
-                })
-            );
-        }
-        ExitCode::from(code)
+        failed(
+            json,
+            code,
+            ("valid", (code != EXIT_CONFIG).into()),
+            kind,
+            message,
+        )
     };
     let (tx, rx) = std::sync::mpsc::channel();
     let owned = path.to_path_buf();
