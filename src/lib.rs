@@ -1,6 +1,7 @@
 //! lockgate: a lock-gated L4 proxy that gives any unmodified broker Artemis's lock coordinator.
 //!
-//! Crate map (dependencies run one way; only `app` knows everyone):
+//! Crate map (dependencies run one way, but for `config` asking the ZooKeeper backend's
+//! fencing arithmetic whether a session leaves any margin; only `app` knows everyone):
 //! - [`config`]: raw TOML → validated [`config::Config`] (one validator per section), errors
 //!   with file, line, key and table, the effective config and failover figures `check` prints.
 //! - [`lock`]: lock backends behind one enum ([`lock::file`]: `flock` in a shared folder;
@@ -20,8 +21,12 @@
 //!   WATCHDOG, STOPPING.
 //! - [`status`]: who holds each lock, for `lockgate status`.
 //! - [`admin`]: the HTTP endpoint (metrics, readiness, status, step-down); its doc lists every
-//!   endpoint.
+//!   endpoint; `admin/status.rs` the `GET /status` document.
 //! - [`app`]: wiring, reloads and ordered shutdown.
+//!
+//! Every task runs in a `tracing` span that names what it serves (`lock`, `health`, `route`,
+//! `conn`), so an event carries only its own fields. The binary's commands (`check`, `status`,
+//! `step-down`, …) live in `src/cli/`, beside `main.rs`.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 

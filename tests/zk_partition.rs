@@ -291,20 +291,14 @@ async fn peer_never_accepts_while_the_holder_still_does(stop: Stop) {
     // The bulk connections need about 2 descriptors each here and in the holder (which
     // inherits the limit): raise the soft limit to the hard one.
     let need = (BULK_CONNECTIONS as u64) * 3 + 1000;
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit on this process with a valid struct.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-        lim.rlim_cur = lim.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
-    }
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    lim.current = lim.maximum;
+    setrlimit(Resource::Nofile, lim.clone()).unwrap();
+    let limit = lim.current.unwrap_or(u64::MAX);
     assert!(
-        lim.rlim_cur >= need,
-        "this test needs {need} file descriptors; the hard limit is {}",
-        lim.rlim_cur
+        limit >= need,
+        "this test needs {need} file descriptors; the hard limit is {limit}"
     );
     // No fsync per transaction: the peer's takeover (a delete, a watch, a write) is as fast
     // as ZooKeeper can be, which narrows nothing but the time a wrong order needs to show.

@@ -28,6 +28,13 @@ pub async fn cli(args: &[&str], config: &Path) -> Output {
     cli_within(Duration::from_secs(20), args, config).await
 }
 
+/// As `cli`, asserting it succeeds; returns its stdout.
+pub async fn cli_ok(args: &[&str], config: &Path) -> String {
+    let out = cli(args, config).await;
+    assert!(out.status.success(), "lockgate {args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// An output's exit code, stdout and stderr, for an assertion message.
 pub fn text(o: &Output) -> String {
     format!(

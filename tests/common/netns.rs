@@ -11,20 +11,20 @@
 
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
 /// Whether this machine can make network namespaces (root, `ip` and `bridge` of iproute2).
 /// Without them the namespace tests are skipped with a note, except under CI (CI=true).
 pub fn available() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = rustix::process::geteuid().is_root();
     let tools = ["ip", "bridge"].iter().all(|t| {
         Command::new(t)
             .arg("-V")
@@ -169,7 +169,7 @@ impl Net {
     pub fn enter_on_spawn(&self, host: &str, cmd: &mut tokio::process::Command) -> File {
         let f = File::open(format!("/run/netns/{}", self.ns(host))).unwrap();
         // SAFETY: the hook only calls setns(2), a plain system call, safe between fork and exec.
-        unsafe { cmd.pre_exec(enter_ns(f.as_raw_fd())) };
+        unsafe { cmd.pre_exec(enter_ns(&f)) };
         f
     }
 
@@ -178,7 +178,7 @@ impl Net {
         use std::os::unix::process::CommandExt;
         let f = File::open(format!("/run/netns/{}", self.ns(host))).unwrap();
         // SAFETY: as above.
-        unsafe { cmd.pre_exec(enter_ns(f.as_raw_fd())) };
+        unsafe { cmd.pre_exec(enter_ns(&f)) };
         f
     }
 }
@@ -199,15 +199,15 @@ impl Drop for Net {
     }
 }
 
-/// A `pre_exec` hook: the child enters the network namespace open as `fd`.
-fn enter_ns(fd: std::os::fd::RawFd) -> impl FnMut() -> std::io::Result<()> + Send + Sync {
+/// A `pre_exec` hook: the child enters the network namespace open as `ns` (the hook keeps
+/// a duplicate of the descriptor of its own).
+fn enter_ns(ns: &File) -> impl FnMut() -> std::io::Result<()> + Send + Sync + use<> {
+    let ns = ns.try_clone().unwrap();
     move || {
-        // SAFETY: setns(2) on a descriptor the parent keeps open until the spawn returned.
-        if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
+        Ok(move_into_link_name_space(
+            ns.as_fd(),
+            Some(LinkNameSpaceType::Network),
+        )?)
     }
 }
 
@@ -217,9 +217,8 @@ pub fn within_ns<T: Send>(ns: Option<&str>, f: impl FnOnce() -> T + Send) -> T {
         s.spawn(|| {
             if let Some(ns) = ns {
                 let file = File::open(format!("/run/netns/{ns}")).unwrap();
-                // SAFETY: setns(2) on this thread only, with a namespace file we hold open.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
+                move_into_link_name_space(file.as_fd(), Some(LinkNameSpaceType::Network))
+                    .unwrap_or_else(|e| panic!("setns {ns}: {e}"));
             }
             f()
         })
