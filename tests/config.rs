@@ -105,29 +105,7 @@ fn a_missing_config_file_is_named() {
 #[test]
 fn the_reference_config_sets_every_key_to_its_default() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let minimal = r#"
-[admin]
-
-[[lock-coordinator]]
-name = "clients-lock"
-type = "file"
-lock-id = "mirror-cluster-clients"
-locks-folder = "locks"
-
-[lock-coordinator.health-check]
-address = "127.0.0.1:61626"
-
-[[route]]
-name = "clients"
-listen = "127.0.0.1:61616"
-forward-to = "127.0.0.1:61626"
-lock-coordinator = "clients-lock"
-
-[[route]]
-name = "mirror"
-listen = "127.0.0.1:61001"
-forward-to = "127.0.0.1:61011"
-"#;
+    let minimal = include_str!("configs/minimal.toml");
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("locks")).unwrap();
     let path = dir.path().join("minimal.toml");

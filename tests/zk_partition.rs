@@ -294,7 +294,7 @@ async fn peer_never_accepts_while_the_holder_still_does(stop: Stop) {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut lim = getrlimit(Resource::Nofile);
     lim.current = lim.maximum;
-    setrlimit(Resource::Nofile, lim.clone()).unwrap();
+    setrlimit(Resource::Nofile, lim).unwrap();
     let limit = lim.current.unwrap_or(u64::MAX);
     assert!(
         limit >= need,
