@@ -261,7 +261,8 @@ fn idle_server() {
 
 // ---------------------------------------------------------------- proxies
 
-/// A proxy child process, killed when dropped.
+/// A proxy child process in a process group of its own, the whole group (nginx's workers too)
+/// killed when dropped.
 struct Proxy {
     child: Child,
     pid: u32,
@@ -276,7 +277,9 @@ impl Proxy {
         addrs: &[SocketAddr],
         what: &str,
     ) -> Proxy {
+        use std::os::unix::process::CommandExt as _;
         let mut child = cmd
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -290,6 +293,10 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        // Killing only the child left nginx's workers running (reparented to init): the
+        // proxies have a process group of their own, the bench's child servers do not.
+        let group = rustix::process::Pid::from_child(&self.child);
+        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
