@@ -206,7 +206,13 @@ async fn admin_request(
     }
     let request = request.body(Empty::<hyper::body::Bytes>::new())?;
     let answer = async {
-        let response = sender.send_request(request).await?;
+        let response = sender.send_request(request).await.map_err(|e| {
+            if e.is_parse() {
+                anyhow::anyhow!("not an HTTP answer ({e})")
+            } else {
+                e.into()
+            }
+        })?;
         let code = response.status().as_u16();
         let body = Limited::new(response.into_body(), MAX_ANSWER)
             .collect()
